@@ -1,0 +1,34 @@
+# mgr: `make demo` and `make test` are the only commands a fresh machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Torch is capped for this kind of machine here (not in pyproject): a CPU wheel on disk
+# is taken when present, so no multi-GB CUDA build is downloaded.
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13*cpu*.whl))
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO ?= 0
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	echo 'torch<2.14' > $(VENV)/constraints.txt
+	$(if $(TORCH_WHEEL),$(PY) -m pip install -q -c $(VENV)/constraints.txt "$(TORCH_WHEEL)")
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/mgr demo --workdir demo-run $(if $(MUSIC),--music $(MUSIC))
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(PY) tests/bench/bench_extract.py
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache

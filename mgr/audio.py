@@ -1,0 +1,171 @@
+"""The one audio seam: bytes, file objects or paths in, float32 samples out.
+
+Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis/opus, mp3, aiff, au) and
+resampling soxr at librosa's default quality, so ``decode(path, sr=22050)`` equals
+``librosa.load(path, sr=22050)``. Every failure raises :class:`~mgr.errors.AudioError`
+with the reason, which the jobs write into the ``error`` column.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Union
+
+import numpy as np
+
+from mgr.errors import AudioError
+
+__all__ = ["AudioInfo", "DEFAULT_MAX_SECONDS", "decode", "probe"]
+
+Source = Union[str, os.PathLike, bytes, BinaryIO]
+
+#: Files longer than this (in seconds, as their header says) are refused unless asked.
+DEFAULT_MAX_SECONDS = 3 * 3600.0
+
+_NEEDS_FFMPEG = (".m4a", ".mp4", ".aac", ".wma")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: native sample rate, channels and length."""
+
+    samplerate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.samplerate if self.samplerate else 0.0
+
+
+def _open(source: Source, name: str):
+    import soundfile as sf
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError("empty file (0 bytes)")
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            if os.path.getsize(source) == 0:
+                raise AudioError("empty file (0 bytes)")
+        except OSError as exc:
+            raise AudioError(f"cannot read file: {exc.strerror or exc}") from None
+    lower = name.lower()
+    try:
+        return sf.SoundFile(source)
+    except sf.LibsndfileError as exc:
+        if lower.endswith(_NEEDS_FFMPEG):
+            raise AudioError(
+                f"{os.path.splitext(lower)[1]} (AAC/MP4) needs ffmpeg, which mgr does not use; "
+                "convert the file to flac/ogg/mp3 first"
+            ) from None
+        raise AudioError(f"not decodable audio ({_reason(exc)})") from None
+    except PermissionError as exc:
+        raise AudioError(f"cannot read file: permission denied ({exc})") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"not decodable audio ({exc})") from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    # libsndfile messages start with the file name (or a repr of the file object): keep the why.
+    return text.split(": ", 1)[-1] if ": " in text else text
+
+
+def probe(source: Source, *, name: str = "") -> AudioInfo:
+    """Read only the header of ``source``.
+
+    Raises
+    ------
+    AudioError
+        The file is empty or not in a format libsndfile decodes.
+    """
+    with _open(source, name or str(source)) as f:
+        return AudioInfo(int(f.samplerate), int(f.channels), int(f.frames))
+
+
+def decode(
+    source: Source,
+    *,
+    sr: int | None = 22050,
+    mono: bool = True,
+    offset_s: float = 0.0,
+    duration_s: float | None = None,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    name: str = "",
+) -> tuple[np.ndarray, int, float]:
+    """Decode audio to float32 samples.
+
+    Parameters
+    ----------
+    source : str, path, bytes or binary file object
+        What to decode; a path is opened by libsndfile directly (seekable).
+    sr : int or None
+        Target sample rate (soxr, high quality); None keeps the native rate.
+    mono : bool
+        Average the channels (librosa's ``to_mono``).
+    offset_s, duration_s : float
+        Decode only this excerpt (seeks where the format allows).
+    max_seconds : float or None
+        Refuse files whose header claims more audio than this.
+    name : str
+        File name used in messages and for format hints.
+
+    Returns
+    -------
+    y : np.ndarray
+        ``[n_samples]`` when ``mono``, else ``[channels, n_samples]``; float32.
+    sr : int
+        Sample rate of ``y``.
+    duration_s : float
+        Duration of the whole file (not only the excerpt) in seconds.
+
+    Raises
+    ------
+    AudioError
+        Empty, undecodable, truncated to nothing, too long, or non-finite samples.
+    """
+    import soundfile as sf
+
+    with _open(source, name or (str(source) if isinstance(source, (str, os.PathLike)) else "")) as f:
+        native_sr, frames = int(f.samplerate), int(f.frames)
+        if native_sr <= 0:
+            raise AudioError("header has no valid sample rate")
+        total_s = frames / native_sr if frames > 0 else 0.0
+        if max_seconds is not None and total_s > max_seconds:
+            raise AudioError(
+                f"too long: header claims {total_s / 60:.1f} min, over the limit of "
+                f"{max_seconds / 60:.0f} min (raise --max-seconds to accept it)"
+            )
+        start = int(round(offset_s * native_sr))
+        count = -1 if duration_s is None else int(round(duration_s * native_sr))
+        try:
+            if start > 0:
+                f.seek(min(start, max(frames, 0)))
+            data = f.read(frames=count, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise AudioError(f"decoding failed ({_reason(exc)})") from None
+    if data.shape[0] == 0:
+        raise AudioError("no audio samples (zero-length or truncated before the first frame)")
+    if duration_s is None and offset_s == 0.0:
+        total_s = data.shape[0] / native_sr  # the samples really decoded, not the header's claim
+    if not np.isfinite(data).all():
+        raise AudioError("samples contain NaN or infinite values")
+    y = data.mean(axis=1) if mono else data.T
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    if sr is not None and sr != native_sr:
+        y = _resample(y, native_sr, sr)
+    else:
+        sr = native_sr
+    return y, int(sr), float(total_s)
+
+
+def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    import soxr
+
+    if y.ndim == 1:
+        return soxr.resample(y, orig_sr, target_sr, quality="soxr_hq").astype(np.float32, copy=False)
+    return np.ascontiguousarray(soxr.resample(y.T, orig_sr, target_sr, quality="soxr_hq").T, dtype=np.float32)

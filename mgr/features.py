@@ -1,0 +1,108 @@
+"""Log-mel spectrograms and the time windows cut from them (pure numpy/librosa, no Ray).
+
+The paper's features are ``ln(mel power)`` with exact zeros set to 1e-6; a track is a
+``[n_mels, n_frames]`` array. Windows (for labeling and evaluation) are W frames long,
+start at 0, H, 2H, ...; the last is the last that fits; a track shorter than W is one
+window padded with the log of the floor, as the reference code padded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from mgr.config import FeatureConfig
+from mgr.errors import ConfigError
+
+__all__ = ["log_mel", "pad_value", "fit_frames", "window_starts", "cut_windows", "spread_starts"]
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+
+
+def log_mel(y: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel spectrogram of mono audio.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        ``[n_samples]`` float32 audio at ``cfg.sr``.
+    cfg : FeatureConfig
+        Analysis settings (the ``paper`` preset by default).
+
+    Returns
+    -------
+    np.ndarray
+        ``[cfg.n_mels, n_frames]`` float32 with ``n_frames = 1 + n_samples // hop``;
+        equal to ``log(librosa.feature.melspectrogram(...))`` with zeros set to the floor.
+    """
+    import librosa
+
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise ConfigError(f"log_mel expects mono audio [n_samples], got shape {y.shape}")
+    stft = librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True, pad_mode="constant")
+    spec = np.abs(stft) ** cfg.power
+    mel = np.einsum("...ft,mf->...mt", spec, _mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax), optimize=True)
+    mel[mel == 0] = cfg.floor
+    return np.log(mel).astype(np.float32, copy=False)
+
+
+def pad_value(cfg: FeatureConfig) -> float:
+    """Value of padded frames: ``ln(floor)`` (silence, as the reference code padded)."""
+    return float(np.log(np.float32(cfg.floor)))
+
+
+def fit_frames(mel: np.ndarray, n_frames: int, *, pad: float) -> np.ndarray:
+    """Crop or pad ``[n_mels, T]`` to exactly ``[n_mels, n_frames]`` (first frames kept)."""
+    t = mel.shape[-1]
+    if t >= n_frames:
+        return mel[..., :n_frames]
+    out = np.full(mel.shape[:-1] + (n_frames,), pad, dtype=mel.dtype)
+    out[..., :t] = mel
+    return out
+
+
+def window_starts(n_frames: int, *, width: int, hop: int) -> np.ndarray:
+    """Start frames of the windows of a track.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames of the track.
+    width, hop : int
+        Window length W and hop H in frames.
+
+    Returns
+    -------
+    np.ndarray
+        ``[n_windows]`` int64 starts ``0, H, 2H, ...`` of every window that fits entirely;
+        ``[0]`` for a track shorter than W.
+    """
+    if width <= 0 or hop <= 0:
+        raise ConfigError(f"window width and hop must be positive, got {width} and {hop}")
+    if n_frames <= width:
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(0, n_frames - width + 1, hop, dtype=np.int64)
+
+
+def spread_starts(starts: np.ndarray, max_windows: int | None) -> np.ndarray:
+    """Keep at most ``max_windows`` of ``starts``, spread evenly (first and last kept)."""
+    if max_windows is None or len(starts) <= max_windows:
+        return starts
+    if max_windows == 1:
+        return starts[len(starts) // 2: len(starts) // 2 + 1]
+    idx = np.unique(np.round(np.linspace(0, len(starts) - 1, max_windows)).astype(np.int64))
+    return starts[idx]
+
+
+def cut_windows(mel: np.ndarray, starts: np.ndarray, *, width: int, pad: float) -> np.ndarray:
+    """Cut ``[n_mels, T]`` into ``[len(starts), n_mels, width]`` windows (padded if short)."""
+    if mel.shape[-1] < width:
+        return fit_frames(mel, width, pad=pad)[None]
+    return np.stack([mel[:, s: s + width] for s in starts])
