@@ -1,0 +1,283 @@
+"""``mgr label``: batch inference of a trained model over a whole catalog, with Ray Data.
+
+Pipeline (streaming, bounded memory)::
+
+    uris ─map_batches(featurize, CPU tasks)─▶ float32 log-mel per track
+         ─map_batches(Predictor, ActorPoolStrategy, GPU or CPU)─▶ labels rows
+         ─map_batches(write parts, tasks)─▶ OUTPUT/part-*.parquet ─▶ summary rows (driver)
+
+The waveform never leaves the task that decodes it. Parts are written whole (temporary
+name + rename locally; S3 objects appear when their upload completes) under names derived
+from their uris, so an interrupted run leaves no partial or duplicate rows and re-running
+the same command labels only the catalog files OUTPUT lacks.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from mgr import labelset, storage
+from mgr.audio import DEFAULT_MAX_SECONDS
+from mgr.errors import ConfigError, JobError, StorageError
+
+__all__ = ["label_catalog", "catalog_records", "parse_actors"]
+
+
+def parse_actors(text: str | None) -> tuple[int, int] | None:
+    """``"2"`` → (2, 2); ``"1,4"`` → (1, 4); None → None (derived from the cluster)."""
+    if text is None or text == "":
+        return None
+    try:
+        parts = [int(p) for p in str(text).split(",")]
+    except ValueError:
+        raise ConfigError(f"--actors takes MIN,MAX (e.g. 1,4), got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
+        raise ConfigError(f"--actors takes MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
+    return parts[0], parts[1]
+
+
+def catalog_records(catalog: str, *, endpoint_url: str | None = None) -> list[dict[str, Any]]:
+    """``uri`` and ``track_id`` of every audio file of ``catalog`` (local folder or s3:// prefix).
+
+    Raises
+    ------
+    StorageError
+        The catalog does not exist or holds no audio files.
+    """
+    from mgr.sources import track_id_from_uri
+
+    uris = storage.list_audio(catalog, endpoint_url=endpoint_url)
+    if not uris:
+        raise StorageError(f"{catalog} holds no audio files ({', '.join(storage.AUDIO_EXTENSIONS)})")
+    return [{"uri": u, "track_id": track_id_from_uri(u)} for u in uris]
+
+
+def _clear_output(output: str, existing: labelset.ExistingOutput, *, endpoint_url: str | None) -> None:
+    fs, path = storage.filesystem(output, endpoint_url=endpoint_url)
+    try:
+        for p in existing.files:
+            fs.rm(p)
+        marker = path.rstrip("/") + "/" + labelset.MARKER_NAME
+        if fs.exists(marker):
+            fs.rm(marker)
+    except OSError as exc:
+        raise StorageError(f"cannot clear OUTPUT {output}: {exc}") from None
+
+
+def _write_parts(batch: pa.Table, *, output: str, schema: pa.Schema, endpoint_url: str | None) -> pa.Table:
+    """Writer step: one Parquet part per batch; returns the batch's summary columns."""
+    if batch.num_rows:
+        labelset.write_part(batch.select(schema.names).cast(schema), output, endpoint_url=endpoint_url)
+    return batch.select(list(labelset.SUMMARY_COLUMNS))
+
+
+def _resources(gpus_per_actor: float, cpus_per_actor: float | None,
+               actors: tuple[int, int] | None) -> tuple[float, tuple[int, int]]:
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = float(total.get("CPU", 1))
+    if cpus_per_actor is None:
+        # On a small machine the model shares the cores with decoding (it costs little next
+        # to it); on a cluster each actor gets a core of its own.
+        cpus_per_actor = 1.0 if gpus_per_actor > 0 or cpus >= 8 else 0.0
+    if actors is None:
+        if gpus_per_actor > 0:
+            n = max(1, int(total.get("GPU", 0) // gpus_per_actor))
+        else:
+            n = max(1, int(cpus // 8))
+        actors = (1, n)
+    return cpus_per_actor, actors
+
+
+def label_catalog(
+    catalog: str,
+    output: str,
+    *,
+    model_dir: str,
+    window_seconds: float | None = None,
+    hop_seconds: float | None = None,
+    top_k: int = 3,
+    batch_size: int = 64,
+    actors: tuple[int, int] | str | None = None,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float | None = None,
+    per_step: bool = False,
+    overwrite: bool = False,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    files_per_task: int = 4,
+    rows_per_file: int = 1000,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    endpoint_url: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Label every audio file of ``catalog`` with the model in ``model_dir`` into ``output``.
+
+    Parameters
+    ----------
+    catalog : str
+        Folder or ``s3://`` prefix of audio files.
+    output : str
+        Folder or ``s3://`` prefix of the labels dataset (one model's labels).
+    model_dir : str
+        Model directory (``model.pt`` + ``model.json``).
+    window_seconds, hop_seconds : float, optional
+        Window length and hop; default: the model's input length W and W/2.
+    top_k : int
+        Genres kept in ``top_genres``/``top_probs``.
+    batch_size : int
+        Windows per forward pass.
+    actors : (int, int) or "MIN,MAX", optional
+        Size range of the model actor pool (default from the cluster's GPUs/CPUs).
+    gpus_per_actor : float
+        GPUs per model actor; > 0 runs the model on CUDA.
+    cpus_per_actor : float, optional
+        CPUs reserved per model actor (default: 1 with GPUs or on >= 8 CPUs, else 0).
+    per_step : bool
+        Write crnn per-step distributions per window (``steps`` column).
+    overwrite : bool
+        Clear OUTPUT (even another model's labels) and relabel everything.
+    max_seconds : float, optional
+        Longer files get an error row.
+    files_per_task, rows_per_file : int
+        Files decoded per task; rows per Parquet part.
+    address, num_cpus, endpoint_url
+        Ray cluster (default: embedded local Ray), its CPUs, S3 endpoint.
+    log : callable, optional
+        Receives progress lines (default: print).
+
+    Returns
+    -------
+    dict
+        ``output, model_id, genres, windows, run`` (this run: files, errors, genres,
+        seconds, files_per_s, audio_minutes_per_s) and ``counts`` (the whole OUTPUT).
+
+    Raises
+    ------
+    ConfigError, ModelError, StorageError, JobError
+        Bad options, a model that does not fit its features, an OUTPUT of another model,
+        unreachable storage or cluster.
+    """
+    from mgr.label_steps import check_model
+    from mgr.modeldir import load_model_dir
+
+    log = log or print
+    if isinstance(actors, str):
+        actors = parse_actors(actors)
+    if int(top_k) < 1 or int(batch_size) < 1 or int(files_per_task) < 1 or int(rows_per_file) < 1:
+        raise ConfigError("--top-k, --batch-size, files per task and rows per file must be at least 1")
+    if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor < 0):
+        raise ConfigError("--gpus-per-actor and --cpus-per-actor must not be negative")
+    loaded = load_model_dir(model_dir, device="cpu", endpoint_url=endpoint_url)
+    check_model(loaded)
+    if per_step and loaded.spec["architecture"] != "crnn":
+        raise ConfigError(f"--per-step needs a crnn model; {model_dir} is a {loaded.spec['architecture']}")
+    cfg = loaded.feature_config
+    width, hop = labelset.resolve_windows(window_frames=loaded.window_frames, frames_per_second=cfg.sr / cfg.hop_length,
+                                          window_seconds=window_seconds, hop_seconds=hop_seconds)
+    schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id)
+
+    existing = labelset.read_existing(output, endpoint_url=endpoint_url, clean=True)
+    foreign = set(existing.model_ids)
+    if existing.marker and existing.marker.get("model_id"):
+        foreign.add(existing.marker["model_id"])
+    foreign.discard(loaded.model_id)
+    if overwrite:
+        _clear_output(output, existing, endpoint_url=endpoint_url)
+        existing = labelset.read_existing(output, endpoint_url=endpoint_url)
+    elif foreign:
+        raise ConfigError(f"{output} holds labels of model {sorted(foreign)[0]}, not {loaded.model_id}: "
+                          "use another OUTPUT, or --overwrite to replace them")
+    records = catalog_records(catalog, endpoint_url=endpoint_url)
+    todo = [r for r in records if r["uri"] not in existing.uris]
+    log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
+        f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")
+    t0 = time.perf_counter()
+    run = {"files": 0, "errors": 0, "genres": {}, "audio_minutes": 0.0, "error_examples": []}
+    if todo:
+        _drop_marker(output, endpoint_url=endpoint_url)
+        run = _run_pipeline(todo, output, model_dir=model_dir, schema=schema, feature_config=cfg.to_dict(),
+                            width=width, hop=hop, top_k=top_k, batch_size=batch_size, actors=actors,
+                            gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, per_step=per_step,
+                            max_seconds=max_seconds, files_per_task=files_per_task, rows_per_file=rows_per_file,
+                            address=address, num_cpus=num_cpus, endpoint_url=endpoint_url)
+    seconds = time.perf_counter() - t0
+    run.update(seconds=round(seconds, 3), files_skipped_already_done=len(records) - len(todo),
+               files_per_s=round(run["files"] / seconds, 3) if run["files"] and seconds > 0 else None,
+               audio_minutes_per_s=round(run["audio_minutes"] / seconds, 3) if run["files"] and seconds > 0 else None)
+    after = labelset.read_existing(output, endpoint_url=endpoint_url)
+    missing = len({r["uri"] for r in records} - after.uris)
+    counts = {"files": len(after.uris), "errors": after.errors, "catalog_files": len(records), "missing": missing}
+    summary = {"output": output, "catalog": catalog, "model_id": loaded.model_id, "genres": loaded.genres,
+               "windows": {"frames": width, "hop_frames": hop, "seconds": round(width * cfg.hop_length / cfg.sr, 3),
+                           "hop_seconds": round(hop * cfg.hop_length / cfg.sr, 3)},
+               "per_step": bool(per_step), "run": run, "counts": counts, "complete": missing == 0}
+    if missing == 0:
+        labelset.write_marker(output, {**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                              endpoint_url=endpoint_url)
+    return summary
+
+
+def _drop_marker(output: str, *, endpoint_url: str | None) -> None:
+    fs, path = storage.filesystem(storage.join(output, labelset.MARKER_NAME), endpoint_url=endpoint_url)
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except OSError as exc:
+        raise StorageError(f"cannot update {output}: {exc}") from None
+
+
+def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.Schema, feature_config: dict,
+                  width: int, hop: int, top_k: int, batch_size: int, actors, gpus_per_actor: float,
+                  cpus_per_actor: float | None, per_step: bool, max_seconds: float | None, files_per_task: int,
+                  rows_per_file: int, address: str | None, num_cpus: int | None,
+                  endpoint_url: str | None) -> dict[str, Any]:
+    import ray
+
+    from mgr.label_steps import Predictor, featurize
+    from mgr.runtime import ray_session
+
+    with ray_session(address=address, num_cpus=num_cpus, endpoint_url=endpoint_url):
+        cpa, (amin, amax) = _resources(gpus_per_actor, cpus_per_actor, actors)
+        n_blocks = max(1, min(len(todo), math.ceil(len(todo) / files_per_task)))
+        ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
+        ds = ds.map_batches(featurize, batch_size=files_per_task, batch_format="pyarrow", num_cpus=1,
+                            fn_kwargs={"feature_config": feature_config, "max_seconds": max_seconds,
+                                       "endpoint_url": endpoint_url})
+        ds = ds.map_batches(
+            Predictor, batch_size=files_per_task, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=amin, max_size=amax),
+            num_cpus=cpa, num_gpus=gpus_per_actor or None,
+            fn_constructor_kwargs={"model_dir": model_dir, "schema": schema, "width": width, "hop": hop,
+                                   "top_k": top_k, "batch_size": batch_size, "per_step": per_step,
+                                   "device": "cuda" if gpus_per_actor > 0 else "cpu",
+                                   "torch_threads": max(1, int(cpa)), "endpoint_url": endpoint_url},
+        )
+        ds = ds.map_batches(_write_parts, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=0.25,
+                            fn_kwargs={"output": output, "schema": schema, "endpoint_url": endpoint_url})
+        files = errors = 0
+        minutes = 0.0
+        hist: collections.Counter = collections.Counter()
+        examples: list[str] = []
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for uri, genre, dur, err in zip(*(batch.column(c).to_pylist() for c in labelset.SUMMARY_COLUMNS)):
+                files += 1
+                if err is not None:
+                    errors += 1
+                    if len(examples) < 5:
+                        examples.append(f"{uri}: {err}")
+                else:
+                    hist[genre] += 1
+                    minutes += (dur or 0.0) / 60.0
+    if files != len(todo):
+        raise JobError(f"labeling wrote {files} rows for {len(todo)} files; re-run the command to finish")
+    return {"files": files, "errors": errors, "genres": dict(hist.most_common()),
+            "audio_minutes": round(minutes, 3), "error_examples": examples}
