@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -29,21 +28,15 @@ import numpy as np
 
 from mgr import storage
 from mgr.errors import ConfigError, ModelError, StorageError
+from mgr.keras_graph import (FILTERS, KERNEL, PAPER_MODEL2, graph_from_config, infer_graph,
+                             parse_architecture, recognize)
 
 __all__ = ["GTZAN_GENRES", "PAPER_MODEL2", "KerasModel2", "read_keras_h5", "to_state_dict",
            "parse_genres", "import_keras"]
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop",
                 "jazz", "metal", "pop", "reggae", "rock")
-PAPER_MODEL2 = ("Conv1D(256, 4, strides 2) → ReLU → MaxPool(2) ×3, "
-                "GlobalAveragePooling ∥ GlobalMaxPooling, Dropout, Dense(n), softmax")
-_FILTERS, _KERNEL, _STRIDE, _POOL, _BLOCKS = 256, 4, 2, 2, 3
 _SIDECARS = (".keras.yaml", ".yaml", ".yml", ".keras.json", ".json")
-# Keras 2 automatic layer names → layer class (longest prefixes first)
-_AUTO_NAMES = (("global_average_pooling1d", "GlobalAveragePooling1D"),
-               ("global_max_pooling1d", "GlobalMaxPooling1D"), ("max_pooling1d", "MaxPooling1D"),
-               ("conv1d", "Conv1D"), ("activation", "Activation"), ("concatenate", "Concatenate"),
-               ("dropout", "Dropout"), ("dense", "Dense"), ("input", "InputLayer"))
 
 
 @dataclass
@@ -90,113 +83,6 @@ def _names(value) -> list[str]:
     return [_text(v) for v in np.atleast_1d(np.asarray(value)).tolist()] if value is not None else []
 
 
-def _load_yaml(text: str) -> dict:
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - pyyaml comes with ray
-        raise ModelError("reading a Keras YAML architecture needs PyYAML; install it or pass a JSON one") from None
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    # Keras 2 wrote tuples and (on Python 2) unicode strings with Python tags
-    _Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda ld, n: ld.construct_sequence(n))
-    _Loader.add_constructor("tag:yaml.org,2002:python/unicode", lambda ld, n: ld.construct_scalar(n))
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def _parse_architecture(text: str, *, origin: str) -> dict:
-    try:
-        arch = json.loads(text) if text.lstrip().startswith("{") else _load_yaml(text)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise ModelError(f"cannot parse the Keras architecture in {origin}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(arch, dict) or "class_name" not in arch or "config" not in arch:
-        raise ModelError(f"{origin} is not a Keras model architecture (no class_name/config)")
-    return arch
-
-
-def _graph(arch: dict, *, origin: str) -> tuple[dict, str]:
-    """Keras model config → ``({name: {class_name, config, inbound}}, output layer name)``."""
-    cls, cfg = arch["class_name"], arch["config"]
-    layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
-    if not isinstance(layers, list) or not layers:
-        raise ModelError(f"{origin}: the {cls} config lists no layers")
-    graph, previous = {}, None
-    for layer in layers:
-        lcfg = layer.get("config") or {}
-        name = layer.get("name") or lcfg.get("name")
-        nodes = layer.get("inbound_nodes")
-        if cls == "Sequential":
-            inbound = [previous] if previous else []
-        elif not nodes:
-            inbound = []
-        elif len(nodes) != 1 or not all(isinstance(t, (list, tuple)) for t in nodes[0]):
-            raise ModelError(f"{origin}: layer {name!r} is shared or uses a graph format other than "
-                             "Keras 2's; only the paper's Model 2 can be imported")
-        else:
-            inbound = [str(t[0]) for t in nodes[0]]
-        graph[name] = {"name": name, "class_name": layer.get("class_name"), "config": lcfg, "inbound": inbound}
-        previous = name
-    if cls == "Sequential":
-        if layers[0].get("class_name") != "InputLayer":
-            shape = (layers[0].get("config") or {}).get("batch_input_shape")
-            graph["<input>"] = {"name": "<input>", "class_name": "InputLayer", "inbound": [],
-                                "config": {"batch_input_shape": shape}}
-            graph[layers[0].get("name") or layers[0]["config"].get("name")]["inbound"] = ["<input>"]
-        return graph, previous
-    outputs = cfg.get("output_layers") or []
-    if len(outputs) != 1:
-        raise ModelError(f"{origin}: the model has {len(outputs)} outputs; Model 2 has one")
-    return graph, str(outputs[0][0])
-
-
-def _infer_graph(layer_names: list[str], weights: dict) -> dict:
-    """A Keras config for a weights-only file, from automatic layer names and weight shapes."""
-    graph, current, branch_src, branch = {}, None, None, []
-    for name in layer_names:
-        cls = next((c for prefix, c in _AUTO_NAMES if re.fullmatch(prefix + r"(_\d+)?", name)), None)
-        if cls is None:
-            raise ModelError(f"the file holds weights only and layer {name!r} is not a Keras automatic name; "
-                             "give the architecture Keras wrote with --config FILE (model.to_json()/to_yaml())")
-        w = weights.get(name, {})
-        cfg: dict = {"name": name}
-        if cls == "Conv1D":
-            k = w.get("kernel")
-            cfg.update(filters=int(k.shape[-1]) if k is not None else None,
-                       kernel_size=[int(k.shape[0])] if k is not None else None,
-                       strides=[_STRIDE], padding="valid", dilation_rate=[1], activation="linear",
-                       use_bias="bias" in w)
-        elif cls == "Dense":
-            k = w.get("kernel")
-            cfg.update(units=int(k.shape[-1]) if k is not None else None, activation="linear",
-                       use_bias="bias" in w)
-        elif cls == "MaxPooling1D":
-            cfg.update(pool_size=[_POOL], strides=[_POOL], padding="valid")
-        elif cls == "Activation":
-            cfg["activation"] = "softmax" if current and graph[current]["class_name"] == "Dense" else "relu"
-        if cls == "InputLayer":
-            inbound = []
-        elif cls.startswith("Global"):
-            branch_src = branch_src if branch else current
-            inbound = [branch_src]
-            branch.append(name)
-        elif cls == "Concatenate":
-            inbound, branch = list(branch), []
-        else:
-            inbound = [current] if current else []
-        graph[name] = {"name": name, "class_name": cls, "config": cfg, "inbound": inbound}
-        if not cls.startswith("Global"):
-            current = name
-    first = next(iter(graph.values()), None)
-    if first is not None and first["class_name"] != "InputLayer":
-        conv = weights.get(first["name"], {}).get("kernel")
-        n_mels = int(conv.shape[1]) if conv is not None else None
-        graph["<input>"] = {"name": "<input>", "class_name": "InputLayer", "inbound": [],
-                            "config": {"batch_input_shape": [None, None, n_mels]}}
-        first["inbound"] = ["<input>"]
-    return graph
-
-
 def _read_weights(group) -> tuple[list[str], dict]:
     """``layer_names`` and ``{layer: {"kernel": array, "bias": array}}`` of a Keras 2 weights group."""
     if "layer_names" not in group.attrs:
@@ -218,127 +104,13 @@ def _read_weights(group) -> tuple[list[str], dict]:
     return layer_names, weights
 
 
-class _Recognizer:
-    """Walk a Keras graph backwards from its output and check it is Model 2."""
-
-    def __init__(self, graph: dict, origin: str) -> None:
-        self.graph, self.origin, self.seen = graph, origin, set()
-
-    def fail(self, detail: str):
-        raise ModelError(f"{self.origin} is not the paper's Model 2 ({PAPER_MODEL2}): {detail}")
-
-    def desc(self, layer: dict) -> str:
-        return f"{layer['name']!r} ({layer['class_name']})"
-
-    def layer(self, name: str) -> dict:
-        if name not in self.graph:
-            self.fail(f"the config refers to an unknown layer {name!r}")
-        self.seen.add(name)
-        return self.graph[name]
-
-    def inputs(self, layer: dict) -> list[dict]:
-        out = []
-        for name in layer["inbound"]:
-            src = self.layer(name)
-            while src["class_name"] in ("Dropout", "SpatialDropout1D", "GaussianDropout", "AlphaDropout"):
-                if len(src["inbound"]) != 1:
-                    self.fail(f"{self.desc(src)} has {len(src['inbound'])} inputs")
-                src = self.layer(src["inbound"][0])  # identity at inference
-            out.append(src)
-        return out
-
-    def prev(self, layer: dict) -> dict:
-        ins = self.inputs(layer)
-        if len(ins) != 1:
-            self.fail(f"{self.desc(layer)} has {len(ins)} inputs, expected 1")
-        return ins[0]
-
-    def expect(self, layer: dict, name: str, key: str, want, got=None) -> None:
-        got = layer["config"].get(key) if got is None else got
-        norm = list(got) if isinstance(got, (list, tuple)) else got
-        if norm != want:
-            self.fail(f"{self.desc(layer)} has {key} {got!r}, expected {want!r} ({name})")
-
-    @staticmethod
-    def is_act(layer: dict, fn: str) -> bool:
-        cfg = layer["config"]
-        if layer["class_name"] == "Activation":
-            return cfg.get("activation") == fn
-        return (fn == "relu" and layer["class_name"] == "ReLU" and cfg.get("max_value") is None
-                and not cfg.get("negative_slope") and not cfg.get("threshold"))
-
-    def run(self, output: str) -> tuple[list[dict], dict, bool, dict]:
-        """→ ``(conv layers in order, dense layer, gap_first, input layer)``."""
-        out = self.layer(output)
-        if self.is_act(out, "softmax"):
-            dense = self.prev(out)
-            fused = "linear"
-        else:
-            dense, fused = out, "softmax"
-        if dense["class_name"] != "Dense":
-            self.fail(f"the output should be Dense(n) then softmax, found {self.desc(dense)}")
-        self.expect(dense, "Dense then softmax", "activation", fused)
-        self.expect(dense, "Dense with bias", "use_bias", True, dense["config"].get("use_bias", True))
-        cat = self.prev(dense)
-        if cat["class_name"] != "Concatenate":
-            self.fail(f"Dense should follow Concatenate(GAP, GMP), it follows {self.desc(cat)}")
-        pools = self.inputs(cat)
-        kinds = [p["class_name"] for p in pools]
-        if sorted(kinds) != ["GlobalAveragePooling1D", "GlobalMaxPooling1D"]:
-            self.fail(f"{self.desc(cat)} joins {kinds}, expected GlobalAveragePooling1D and GlobalMaxPooling1D")
-        if cat["config"].get("axis", -1) not in (-1, 1):
-            self.fail(f"{self.desc(cat)} concatenates on axis {cat['config'].get('axis')}, expected -1")
-        for p in pools:
-            if p["config"].get("data_format", "channels_last") != "channels_last":
-                self.fail(f"{self.desc(p)} pools channels_first data")
-        srcs = [self.prev(p) for p in pools]
-        if srcs[0]["name"] != srcs[1]["name"]:
-            self.fail(f"the global poolings read different layers ({srcs[0]['name']!r}, {srcs[1]['name']!r})")
-        convs, node = [], srcs[0]
-        while node["class_name"] != "InputLayer":
-            if len(convs) == _BLOCKS:
-                self.fail(f"more than {_BLOCKS} Conv1D blocks (found {self.desc(node)} before the third)")
-            if node["class_name"] != "MaxPooling1D":
-                self.fail(f"expected MaxPooling1D(2) ending a conv block, found {self.desc(node)}")
-            self.expect(node, "MaxPooling1D(2)", "pool_size", [_POOL])
-            self.expect(node, "MaxPooling1D(2)", "strides", [_POOL], node["config"].get("strides") or [_POOL])
-            self.expect(node, "valid pooling", "padding", "valid", node["config"].get("padding", "valid"))
-            act = self.prev(node)
-            if self.is_act(act, "relu"):
-                conv, fused = self.prev(act), "linear"
-            elif act["class_name"] == "Conv1D" and act["config"].get("activation") == "relu":
-                conv, fused = act, "relu"
-            else:
-                self.fail(f"{self.desc(node)} should follow a ReLU, it follows {self.desc(act)}")
-            if conv["class_name"] != "Conv1D":
-                self.fail(f"ReLU should follow Conv1D, it follows {self.desc(conv)}")
-            c = conv["config"]
-            self.expect(conv, "256 filters", "filters", _FILTERS)
-            self.expect(conv, "kernel 4", "kernel_size", [_KERNEL])
-            self.expect(conv, "stride 2", "strides", [_STRIDE])
-            self.expect(conv, "valid padding", "padding", "valid")
-            self.expect(conv, "no dilation", "dilation_rate", [1], c.get("dilation_rate") or [1])
-            self.expect(conv, "ReLU after it", "activation", fused)
-            self.expect(conv, "Conv1D with bias", "use_bias", True, c.get("use_bias", True))
-            self.expect(conv, "channels_last", "data_format", "channels_last", c.get("data_format") or "channels_last")
-            convs.append(conv)
-            node = self.prev(conv)
-        if len(convs) != _BLOCKS:
-            self.fail(f"{len(convs)} Conv1D blocks, expected {_BLOCKS}")
-        extra = [self.desc(g) for n, g in self.graph.items() if n not in self.seen
-                 and g["class_name"] not in ("Dropout", "InputLayer")]
-        if extra:
-            self.fail(f"unexpected layer(s) {', '.join(extra)}")
-        return convs[::-1], dense, kinds[0] == "GlobalAveragePooling1D", node
-
-
 def _architecture(f, uri: str, *, config_text: str | None, config_origin: str,
                   endpoint_url: str | None) -> tuple[dict | None, str]:
     """The Keras architecture: ``--config``, the file's ``model_config``, or a sidecar file."""
     if config_text is not None:
-        return _parse_architecture(config_text, origin=config_origin), config_origin
+        return parse_architecture(config_text, origin=config_origin), config_origin
     if "model_config" in f.attrs:
-        return _parse_architecture(_text(f.attrs["model_config"]), origin="the file's model_config"), \
+        return parse_architecture(_text(f.attrs["model_config"]), origin="the file's model_config"), \
             "the file's model_config"
     stem = re.sub(r"\.(h5|hdf5|keras\.h5|weights\.h5)$", "", uri, flags=re.I)
     for suffix in _SIDECARS:
@@ -352,7 +124,7 @@ def _architecture(f, uri: str, *, config_text: str | None, config_origin: str,
         except (OSError, StorageError):
             continue
         name = posixpath.basename(cand)
-        return _parse_architecture(text, origin=name), name
+        return parse_architecture(text, origin=name), name
     return None, ""
 
 
@@ -394,16 +166,16 @@ def read_keras_h5(data: bytes, *, origin: str = "the file", config_text: str | N
         version, backend = _text(attrs.get("keras_version", "unknown")), _text(attrs.get("backend", "unknown"))
     warnings = []
     if arch is None:
-        graph, output = _infer_graph(layer_names, weights), layer_names[-1] if layer_names else ""
+        graph, output = infer_graph(layer_names, weights), layer_names[-1] if layer_names else ""
         arch_from = "layer names and weight shapes (weights-only file)"
         warnings.append(f"{origin} holds weights only and no architecture file was found beside it; "
                         "assumed the paper's strides, pooling and activations from the layer names "
                         "(pass --config with the architecture Keras wrote to check them)")
     else:
-        graph, output = _graph(arch, origin=origin)
+        graph, output = graph_from_config(arch, origin=origin)
     if not version.startswith("2") and version != "unknown":
         raise ModelError(f"{origin} was written by Keras {version}; only Keras 2 files can be imported")
-    convs, dense, gap_first, inp = _Recognizer(graph, origin).run(output)
+    convs, dense, gap_first, inp = recognize(graph, output, origin=origin)
     return _collect(weights, convs, dense, gap_first, inp, origin=origin, version=version,
                     backend=backend, arch_from=arch_from, warnings=warnings)
 
@@ -415,20 +187,20 @@ def _collect(weights, convs, dense, gap_first, inp, *, origin, version, backend,
             raise ModelError(f"{origin}: no {role} weights for layer {layer['name']!r}")
         if any(want is not None and want != got for want, got in zip(shape, arr.shape)) or arr.ndim != len(shape):
             raise ModelError(f"{origin}: {layer['name']!r} {role} has shape {arr.shape}, expected "
-                             f"{tuple('?' if s is None else s for s in shape)}")
+                             "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")")
         return arr
 
-    k0 = get(convs[0], "kernel", (_KERNEL, None, _FILTERS))
+    k0 = get(convs[0], "kernel", (KERNEL, None, FILTERS))
     n_mels = int(k0.shape[1])
     shape = inp["config"].get("batch_input_shape") or inp["config"].get("batch_shape") or [None, None, n_mels]
     if len(shape) != 3 or shape[2] not in (None, n_mels):
         raise ModelError(f"{origin}: input shape {shape} does not match {n_mels} mel bands × time")
-    kernels = [k0] + [get(c, "kernel", (_KERNEL, _FILTERS, _FILTERS)) for c in convs[1:]]
-    biases = [get(c, "bias", (_FILTERS,)) for c in convs]
-    dk = get(dense, "kernel", (2 * _FILTERS, None))
+    kernels = [k0] + [get(c, "kernel", (KERNEL, FILTERS, FILTERS)) for c in convs[1:]]
+    biases = [get(c, "bias", (FILTERS,)) for c in convs]
+    dk = get(dense, "kernel", (2 * FILTERS, None))
     db = get(dense, "bias", (dk.shape[1],))
     if not gap_first:  # file concatenates [GMP, GAP]; mgr's order is [GAP, GMP]
-        dk = np.concatenate([dk[_FILTERS:], dk[:_FILTERS]], axis=0)
+        dk = np.concatenate([dk[FILTERS:], dk[:FILTERS]], axis=0)
     return KerasModel2(conv_kernels=kernels, conv_biases=biases, dense_kernel=dk, dense_bias=db,
                        n_mels=n_mels, n_classes=int(dk.shape[1]),
                        input_frames=int(shape[1]) if shape[1] is not None else None,
