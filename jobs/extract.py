@@ -1,8 +1,15 @@
-"""Ray job entrypoint: ``ray job submit --working-dir . -- python jobs/extract.py INPUT OUTPUT ...``."""
+"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/extract.py ARGS`.
 
+ARGS are those of `mgr extract` (see `mgr extract --help`); inside a Ray job the command joins
+the job's cluster (RAY_ADDRESS is set by Ray).
+"""
+
+import os
 import sys
 
-from mgr.cli import main
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
+
+from mgr.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["extract", *sys.argv[1:]]))
