@@ -8,21 +8,13 @@ window padded with the log of the floor, as the reference code padded.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from mgr.config import FeatureConfig
+from mgr.dsp import mel_filters, power_stft
 from mgr.errors import ConfigError
 
 __all__ = ["log_mel", "pad_value", "fit_frames", "window_starts", "cut_windows", "spread_starts"]
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
 
 
 def log_mel(y: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
@@ -41,14 +33,12 @@ def log_mel(y: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
         ``[cfg.n_mels, n_frames]`` float32 with ``n_frames = 1 + n_samples // hop``;
         equal to ``log(librosa.feature.melspectrogram(...))`` with zeros set to the floor.
     """
-    import librosa
-
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1:
         raise ConfigError(f"log_mel expects mono audio [n_samples], got shape {y.shape}")
-    stft = librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True, pad_mode="constant")
-    spec = np.abs(stft) ** cfg.power
-    mel = np.einsum("...ft,mf->...mt", spec, _mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax), optimize=True)
+    spec = power_stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=cfg.power)
+    basis = mel_filters(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
+    mel = basis @ spec
     mel[mel == 0] = cfg.floor
     return np.log(mel).astype(np.float32, copy=False)
 
