@@ -85,23 +85,30 @@ def graph_from_config(arch: dict, *, origin: str) -> tuple[dict, str]:
 
 def infer_graph(layer_names: list[str], weights: dict) -> dict:
     """A Keras config for a weights-only file, from automatic layer names and weight shapes."""
-    graph, current, branch_src, branch = {}, None, None, []
+    classes = []
     for name in layer_names:
         cls = next((c for prefix, c in _AUTO_NAMES if re.fullmatch(prefix + r"(_\d+)?", name)), None)
         if cls is None:
             raise ModelError(f"the file holds weights only and layer {name!r} is not a Keras automatic name; "
                              "give the architecture Keras wrote with --config FILE (model.to_json()/to_yaml())")
+        classes.append(cls)
+    graph, current, branch_src, branch = {}, None, None, []
+    for i, (name, cls) in enumerate(zip(layer_names, classes)):
+        # with no Activation layer after it, a layer's activation was fused into it
+        fused = i + 1 < len(classes) and classes[i + 1] == "Activation"
         w = weights.get(name, {})
         cfg: dict = {"name": name}
         if cls == "Conv1D":
             k = w.get("kernel")
             cfg.update(filters=int(k.shape[-1]) if k is not None else None,
                        kernel_size=[int(k.shape[0])] if k is not None else None,
-                       strides=[STRIDE], padding="valid", dilation_rate=[1], activation="linear",
+                       strides=[STRIDE], padding="valid", dilation_rate=[1],
+                       activation="linear" if fused else "relu",
                        use_bias="bias" in w)
         elif cls == "Dense":
             k = w.get("kernel")
-            cfg.update(units=int(k.shape[-1]) if k is not None else None, activation="linear",
+            cfg.update(units=int(k.shape[-1]) if k is not None else None,
+                       activation="linear" if fused else "softmax",
                        use_bias="bias" in w)
         elif cls == "MaxPooling1D":
             cfg.update(pool_size=[POOL], strides=[POOL], padding="valid")
@@ -216,6 +223,8 @@ class _Recognizer:
             self.expect(node, "MaxPooling1D(2)", "pool_size", [POOL])
             self.expect(node, "MaxPooling1D(2)", "strides", [POOL], node["config"].get("strides") or [POOL])
             self.expect(node, "valid pooling", "padding", "valid", node["config"].get("padding", "valid"))
+            self.expect(node, "channels_last", "data_format", "channels_last",
+                        node["config"].get("data_format") or "channels_last")
             act = self.prev(node)
             if self.is_act(act, "relu"):
                 conv, fused = self.prev(act), "linear"

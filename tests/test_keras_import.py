@@ -8,6 +8,7 @@ Converted models are checked against an independent numpy forward pass of the Ke
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -106,6 +107,33 @@ def test_concatenation_order_gmp_first_is_honoured(tmp_path):
     assert run_cli(tmp_path / "gmp_first.h5", tmp_path / "m") == 0
     x = logmel_like(np.random.default_rng(1), 2, 647)
     ref = np.stack([kr.model2_probs(c.T, weights, gap_first=False) for c in x])
+    np.testing.assert_allclose(torch_probs(tmp_path / "m", x), ref, rtol=0, atol=PROB_ATOL)
+
+
+def _fused(config: dict) -> dict:
+    """Model 2 written with ``Conv1D(activation="relu")`` and ``Dense(activation="softmax")``."""
+    config = copy.deepcopy(config)
+    layers = config["config"]["layers"]
+    acts = {l["name"]: l["inbound_nodes"][0][0][0] for l in layers if l["class_name"] == "Activation"}
+    for l in layers:
+        if l["name"] in acts.values():
+            l["config"]["activation"] = "softmax" if l["class_name"] == "Dense" else "relu"
+        for node in l["inbound_nodes"]:
+            for src in node:
+                src[0] = acts.get(src[0], src[0])
+    config["config"]["layers"] = [l for l in layers if l["name"] not in acts]
+    out = config["config"]["output_layers"][0]
+    out[0] = acts.get(out[0], out[0])
+    return config
+
+
+@pytest.mark.parametrize("layout", ["model", "weights"])
+def test_fused_activations_are_recognised(tmp_path, layout):
+    weights = kr.random_weights(10, seed=5)
+    kr.write_keras_h5(tmp_path / "f.h5", _fused(kr.model2_config(10)), weights, layout=layout)
+    assert run_cli(tmp_path / "f.h5", tmp_path / "m") == 0
+    x = logmel_like(np.random.default_rng(4), 2, 647)
+    ref = np.stack([kr.model2_probs(c.T, weights) for c in x])
     np.testing.assert_allclose(torch_probs(tmp_path / "m", x), ref, rtol=0, atol=PROB_ATOL)
 
 
@@ -247,26 +275,49 @@ def test_import_does_not_pull_ray():
 
 
 # ---------------------------------------------------------------- the published weights
-@pytest.mark.timeout(300)
-@pytest.mark.skipif(REAL_H5 is None or not REAL_H5.is_file(), reason="../shared/data/weights not present")
-def test_published_gtzan_model_reproduces_reference_labels(tmp_path, capsys):
-    from mgr.audio import decode
-    from mgr.config import PRESETS
-    from mgr.features import fit_frames, log_mel
+needs_real = pytest.mark.skipif(REAL_H5 is None or not REAL_H5.is_file() or MUSIC is None or not MUSIC.is_dir(),
+                                reason="../shared/data (published weights and music) not present")
+EXCERPT_S = 30.5  # 657 frames: one 647-frame window for a labeler with H = W/2
 
-    out = tmp_path / "paper"
+
+@pytest.fixture(scope="module")
+def real_excerpts():
+    """The first 30.5 s of each real recording, decoded at 22050 Hz mono: ``{name: y}``."""
+    from mgr.audio import decode
+
+    out = {}
+    for name in sorted(EXPECTED_TOP):
+        y, sr, _ = decode(str(MUSIC / name), sr=22050, mono=True, name=name)
+        out[name] = y[: int(EXCERPT_S * sr)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def paper_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper") / "model"
     assert run_cli(REAL_H5, out) == 0
-    lm = load_model_dir(str(out))
+    return out
+
+
+def reference_inputs(excerpts: dict) -> np.ndarray:
+    """``[13, 128, 647]``: ln mel power of the first 647 frames, as the reference code computed it."""
+    from mgr.config import PRESETS
+    from mgr.features import fit_frames, log_mel, pad_value
+
+    cfg = PRESETS["paper"]
+    return np.stack([fit_frames(log_mel(y, cfg=cfg), 647, pad=pad_value(cfg)) for y in excerpts.values()])
+
+
+@needs_real
+@pytest.mark.timeout(300)
+def test_published_gtzan_model_reproduces_reference_labels(tmp_path, capsys, real_excerpts, paper_model):
+    lm = load_model_dir(str(paper_model))
     assert lm.genres == kr.GTZAN and lm.window_frames == 647
     assert lm.spec["provenance"]["keras_version"] == "2.0.9"
-    cfg = PRESETS["paper"]
-    assert lm.feature_config == cfg
-    names = sorted(EXPECTED_TOP)
-    x = []
-    for name in names:
-        y, _, _ = decode(str(MUSIC / name), sr=cfg.sr, mono=True, name=name)
-        x.append(fit_frames(log_mel(y, cfg=cfg), lm.window_frames, pad=lm.pad_value))
-    x = np.stack(x)
+    from mgr.config import PRESETS
+    assert lm.feature_config == PRESETS["paper"]
+    names = list(real_excerpts)
+    x = reference_inputs(real_excerpts)
     with torch.no_grad():
         got = lm.model(torch.from_numpy(lm.normalize(x))).exp().double().numpy()
     weights = kr.real_weights(REAL_H5)
@@ -287,6 +338,35 @@ def test_published_gtzan_model_reproduces_reference_labels(tmp_path, capsys):
     (tmp_path / "bare" / "w.h5").write_bytes(REAL_H5.read_bytes())
     assert run_cli(tmp_path / "bare" / "w.h5", tmp_path / "bare_model") == 0
     assert "weights only" in capsys.readouterr().err
-    a = torch.load(out / "model.pt", weights_only=True)
+    a = torch.load(paper_model / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "bare_model" / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_real
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(importlib.util.find_spec("mgr.commands.label") is None, reason="mgr label not built yet")
+def test_mgr_label_with_imported_model_gives_reference_results(ray_local, tmp_path, capsys, real_excerpts,
+                                                               paper_model):
+    """A 30.5-s clip is one window (its first 647 frames): `mgr label` must give the reference's output."""
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    for name, y in real_excerpts.items():
+        sf.write(catalog / (Path(name).stem + ".wav"), y, 22050, subtype="FLOAT")
+    assert main(["label", str(catalog), str(tmp_path / "labels"), "--model", str(paper_model)]) == 0
+    rows = {Path(r["uri"]).stem: r for r in pq.read_table(tmp_path / "labels").to_pylist()}
+    assert len(rows) == len(real_excerpts)
+    weights = kr.real_weights(REAL_H5)
+    ref = np.stack([kr.model2_probs(c.T, weights) for c in reference_inputs(real_excerpts)])
+    worst = 0.0
+    for name, r in zip(real_excerpts, ref):
+        row = rows[Path(name).stem]
+        assert row["genre"] == EXPECTED_TOP[name], name
+        assert len(row["segments"]) == 1
+        worst = max(worst, float(np.abs(np.asarray(row["probs"], dtype=np.float64) - r).max()))
+    with capsys.disabled():
+        print(f"\nmgr label with the imported model: max|Δp| vs numpy reference on 13 real clips = {worst:.2e}")
+    assert worst < PROB_ATOL
