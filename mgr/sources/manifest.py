@@ -43,7 +43,7 @@ def read_manifest(path: str, *, endpoint_url: str | None = None) -> pd.DataFrame
     if missing:
         raise LabelSourceError(f"manifest {path} lacks the column(s) {sorted(missing)} (needs uri,label)")
     if "split" in df.columns:
-        bad = set(df["split"].dropna().astype(str).str.lower()) - set(_SPLITS)
+        bad = set(df["split"].dropna().astype(str).str.lower()) - set(_SPLITS) - {""}
         if bad:
             raise LabelSourceError(f"manifest {path}: unknown split value(s) {sorted(bad)}; use train/val/test")
     if df["uri"].duplicated().any():
