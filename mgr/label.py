@@ -53,6 +53,8 @@ def catalog_records(catalog: str, *, endpoint_url: str | None = None) -> list[di
     """
     from mgr.sources import track_id_from_uri
 
+    fs, path = storage.filesystem(catalog, endpoint_url=endpoint_url)
+    fs.invalidate_cache(path)  # a grown catalog must be listed afresh
     uris = storage.list_audio(catalog, endpoint_url=endpoint_url)
     if not uris:
         raise StorageError(f"{catalog} holds no audio files ({', '.join(storage.AUDIO_EXTENSIONS)})")

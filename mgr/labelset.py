@@ -211,6 +211,7 @@ class ExistingOutput:
 
 def _data_files(fs, path: str) -> tuple[list[str], list[str]]:
     """``(parquet data files, leftover temporary files)`` under ``path``."""
+    fs.invalidate_cache(path)  # other processes write here: never trust a cached listing
     if not fs.exists(path):
         return [], []
     if fs.isfile(path):
