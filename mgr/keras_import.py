@@ -99,6 +99,8 @@ def _read_weights(group) -> tuple[list[str], dict]:
         for i, wname in enumerate(wnames):
             role = wname.split("/")[-1].split(":")[0].lower()
             role = role if role in ("kernel", "bias") else ("kernel", "bias", f"w{i}")[min(i, 2)]
+            if wname not in g:
+                raise ModelError(f"layer {name!r} lists weights {wname!r} that the file does not hold")
             entry[role] = np.asarray(g[wname], dtype=np.float32)
         weights[name] = entry
     return layer_names, weights
@@ -157,13 +159,22 @@ def read_keras_h5(data: bytes, *, origin: str = "the file", config_text: str | N
         f = h5py.File(io.BytesIO(data), "r")
     except OSError:
         raise ModelError(f"{origin} is not an HDF5 file (expected a Keras 2 .h5 model or weights file)") from None
-    with f:
-        arch, arch_from = _architecture(f, uri, config_text=config_text, config_origin=config_origin,
-                                        endpoint_url=endpoint_url)
-        group = f["model_weights"] if "model_weights" in f else f
-        layer_names, weights = _read_weights(group)
-        attrs = dict(group.attrs) | dict(f.attrs)
-        version, backend = _text(attrs.get("keras_version", "unknown")), _text(attrs.get("backend", "unknown"))
+    try:
+        with f:
+            return _from_open_file(f, origin=origin, config_text=config_text, config_origin=config_origin,
+                                   uri=uri, endpoint_url=endpoint_url)
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # damaged/odd file
+        raise ModelError(f"cannot read {origin} as a Keras 2 file: {str(exc).splitlines()[0]}") from None
+
+
+def _from_open_file(f, *, origin, config_text, config_origin, uri, endpoint_url) -> KerasModel2:
+    """Model 2 in an open Keras 2 file (see :func:`read_keras_h5`)."""
+    arch, arch_from = _architecture(f, uri, config_text=config_text, config_origin=config_origin,
+                                    endpoint_url=endpoint_url)
+    group = f["model_weights"] if "model_weights" in f else f
+    layer_names, weights = _read_weights(group)
+    attrs = dict(group.attrs) | dict(f.attrs)
+    version, backend = _text(attrs.get("keras_version", "unknown")), _text(attrs.get("backend", "unknown"))
     warnings = []
     if arch is None:
         graph, output = infer_graph(layer_names, weights), layer_names[-1] if layer_names else ""
