@@ -346,6 +346,9 @@ class JobsClient:
             async for chunk in self._client.tail_job_logs(submission_id):
                 write(chunk)
 
+        import logging
+
+        logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
         try:
             asyncio.run(_tail())
         except Exception:  # noqa: BLE001 - the stream dropped: fall back to polling
