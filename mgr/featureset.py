@@ -1,7 +1,7 @@
 """The features dataset: its Parquet schema, the mel encoding, and readers (no Ray).
 
-A features dataset is a folder of Parquet files plus ``features.json``; one row per input
-file. ``mel`` is little-endian float16 bytes, band-major ``[n_mels, n_frames]``::
+A features dataset is a folder of Parquet files plus ``_features.json`` (the
+"features.json" of the design: config, vocabulary, counts); one row per input file. ``mel`` is little-endian float16 bytes, band-major ``[n_mels, n_frames]``::
 
     t = pyarrow.parquet.read_table(OUTPUT)
     row = t.slice(0, 1).to_pylist()[0]
@@ -30,7 +30,10 @@ __all__ = [
     "to_arrays",
 ]
 
-MANIFEST_NAME = "features.json"
+#: The dataset's metadata. The leading underscore matters: pyarrow's dataset discovery skips
+#: names starting with "_" or ".", so ``pyarrow.parquet.read_table(OUTPUT)`` reads the whole
+#: dataset in one call (a plain ``features.json`` beside the Parquet files breaks that call).
+MANIFEST_NAME = "_features.json"
 
 SCHEMA = pa.schema(
     [

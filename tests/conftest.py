@@ -17,6 +17,10 @@ TEST_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing-secret-NEVER-LOGGED",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+# Fake credentials for the moto server, set before any Ray starts so that its workers
+# (which inherit the driver's environment) can sign requests to it.
+for _key, _value in TEST_CREDENTIALS.items():
+    os.environ.setdefault(_key, _value)
 
 
 def free_port() -> int:
