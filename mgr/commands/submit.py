@@ -17,6 +17,9 @@ from mgr.errors import ConfigError, JobError
 
 __all__ = ["register", "run", "split_submit_options", "job_arguments"]
 
+#: options whose value is a local path (made absolute) besides the positionals, per kind
+PATH_OPTIONS = {"label": {"--model"}}
+
 EPILOG = """\
 examples:
   mgr submit extract s3://bucket/gtzan s3://bucket/features --labels folder --address http://HEAD:8265
@@ -124,7 +127,7 @@ def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Names
     values = [str(v) for v in values if v is not None]
 
     out = []
-    path_options = {"--model", "--resume-from", "--init", "--vocabulary"}
+    path_options = PATH_OPTIONS.get(kind, set())
     relative = {v for v in values if not _is_uri(v) and not os.path.isabs(v)}
     expect_path = False
     for token in rest:
