@@ -39,7 +39,7 @@ def _split_table(uri: str, split: str, genres: list[str], *, endpoint_url):
     index = {g: i for i, g in enumerate(genres)}
     unknown = sorted({lab for lab in table.column("label").to_pylist() if lab not in index})
     if unknown:
-        raise ConfigError(f"{split} split has labels {unknown} outside the vocabulary of features.json {genres}")
+        raise ConfigError(f"{split} split has labels {unknown} outside the vocabulary of the features dataset {genres}")
     y = np.array([index[lab] for lab in table.column("label").to_pylist()], dtype=np.int64)
     return table, y
 
@@ -160,7 +160,7 @@ def train(
     fcfg = feature_config(manifest)
     genres = list(manifest.get("genres") or [])
     if len(genres) < 2:
-        raise ConfigError(f"{features_uri} has {len(genres)} genres in features.json; training needs labels "
+        raise ConfigError(f"{features_uri} has {len(genres)} genres in its manifest; training needs labels "
                           "for at least 2 (extract with --labels)")
     recipe = engine.resolve_recipe(model, preset=preset, feature_config=fcfg, crop_seconds=crop_seconds,
                                    epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
@@ -176,7 +176,7 @@ def train(
                           f"(found {len(y_train)} and {len(y_val)})")
     bad = set(train_t.column("n_mels").to_pylist()) - {fcfg.n_mels}
     if bad:
-        raise ConfigError(f"features have n_mels {sorted(bad)} but features.json says {fcfg.n_mels}")
+        raise ConfigError(f"features have n_mels {sorted(bad)} but its manifest says {fcfg.n_mels}")
     run = {
         "architecture": model, "preset": preset, "genres": genres, "feature_config": fcfg.to_dict(),
         "window_frames": recipe.window_frames, "crop": recipe.crop, "average": average if model == "crnn" else None,

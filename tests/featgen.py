@@ -35,7 +35,7 @@ def synthetic_mel(genre: int, n_genres: int, *, n_mels: int, frames: int, rng: n
 
 def write_features(root: str, *, n_genres: int = 4, per_split: dict | None = None, n_mels: int = 32,
                    frames: int = 96, seed: int = 0, n_files: int = 2) -> dict:
-    """Write a features dataset at ``root`` and return its ``features.json``.
+    """Write a features dataset at ``root`` and return its manifest (``_features.json``).
 
     Parameters
     ----------
