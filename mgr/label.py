@@ -112,6 +112,9 @@ def label_catalog(
     gpus_per_actor: float = 0.0,
     cpus_per_actor: float | None = None,
     per_step: bool = False,
+    max_windows: int | None = None,
+    min_confidence: float = 0.0,
+    retry_errors: bool = False,
     overwrite: bool = False,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     files_per_task: int = 4,
@@ -145,6 +148,14 @@ def label_catalog(
         CPUs reserved per model actor (default: 1 with GPUs or on >= 8 CPUs, else 0).
     per_step : bool
         Write crnn per-step distributions per window (``steps`` column).
+    max_windows : int, optional
+        Label at most this many windows per track, spread evenly; only their excerpts are
+        decoded where the format allows seeking.
+    min_confidence : float
+        Tracks whose top probability is below this get ``genre = "unknown"``.
+    retry_errors : bool
+        Label again the files whose error was a storage/network one (``error`` starting
+        with ``"storage: "``); the summary lists those that stayed broken.
     overwrite : bool
         Clear OUTPUT (even another model's labels) and relabel everything.
     max_seconds : float, optional
@@ -176,6 +187,10 @@ def label_catalog(
         actors = parse_actors(actors)
     if int(top_k) < 1 or int(batch_size) < 1 or int(files_per_task) < 1 or int(rows_per_file) < 1:
         raise ConfigError("--top-k, --batch-size, files per task and rows per file must be at least 1")
+    if max_windows is not None and int(max_windows) < 1:
+        raise ConfigError(f"--max-windows must be at least 1, got {max_windows}")
+    if not 0.0 <= float(min_confidence) <= 1.0:
+        raise ConfigError(f"--min-confidence is a probability in [0, 1], got {min_confidence}")
     if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor < 0):
         raise ConfigError("--gpus-per-actor and --cpus-per-actor must not be negative")
     loaded = load_model_dir(model_dir, device="cpu", endpoint_url=endpoint_url)
@@ -198,20 +213,29 @@ def label_catalog(
     elif foreign:
         raise ConfigError(f"{output} holds labels of model {sorted(foreign)[0]}, not {loaded.model_id}: "
                           "use another OUTPUT, or --overwrite to replace them")
+    retried: set[str] = set()
+    if retry_errors and existing.retryable:
+        for part, uris in existing.retryable.items():
+            labelset.drop_rows(output, part, uris, endpoint_url=endpoint_url)
+            retried.update(uris)
+        existing = labelset.read_existing(output, endpoint_url=endpoint_url)
     records = catalog_records(catalog, endpoint_url=endpoint_url)
     todo = [r for r in records if r["uri"] not in existing.uris]
     log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
         f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")
     t0 = time.perf_counter()
-    run = {"files": 0, "errors": 0, "genres": {}, "audio_minutes": 0.0, "error_examples": []}
+    run = {"files": 0, "errors": 0, "error_uris": [], "unknown": 0, "genres": {}, "audio_minutes": 0.0,
+           "audio_minutes_decoded": 0.0, "audio_minutes_skipped": 0.0, "error_examples": []}
     if todo:
         _drop_marker(output, endpoint_url=endpoint_url)
         run = _run_pipeline(todo, output, model_dir=model_dir, schema=schema, feature_config=cfg.to_dict(),
                             width=width, hop=hop, top_k=top_k, batch_size=batch_size, actors=actors,
                             gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, per_step=per_step,
-                            max_seconds=max_seconds, files_per_task=files_per_task, rows_per_file=rows_per_file,
+                            max_windows=max_windows, min_confidence=min_confidence, max_seconds=max_seconds, files_per_task=files_per_task, rows_per_file=rows_per_file,
                             address=address, num_cpus=num_cpus, endpoint_url=endpoint_url)
     seconds = time.perf_counter() - t0
+    broken = sorted(retried & set(run.pop("error_uris")))
+    run.update(retried=len(retried), still_broken=len(broken), still_broken_examples=broken[:5])
     run.update(seconds=round(seconds, 3), files_skipped_already_done=len(records) - len(todo),
                files_per_s=round(run["files"] / seconds, 3) if run["files"] and seconds > 0 else None,
                audio_minutes_per_s=round(run["audio_minutes"] / seconds, 3) if run["files"] and seconds > 0 else None)
@@ -221,7 +245,8 @@ def label_catalog(
     summary = {"output": output, "catalog": catalog, "model_id": loaded.model_id, "genres": loaded.genres,
                "windows": {"frames": width, "hop_frames": hop, "seconds": round(width * cfg.hop_length / cfg.sr, 3),
                            "hop_seconds": round(hop * cfg.hop_length / cfg.sr, 3)},
-               "per_step": bool(per_step), "run": run, "counts": counts, "complete": missing == 0}
+               "per_step": bool(per_step), "max_windows": max_windows, "min_confidence": min_confidence,
+               "run": run, "counts": counts, "complete": missing == 0}
     if missing == 0:
         labelset.write_marker(output, {**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                               endpoint_url=endpoint_url)
@@ -239,7 +264,8 @@ def _drop_marker(output: str, *, endpoint_url: str | None) -> None:
 
 def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.Schema, feature_config: dict,
                   width: int, hop: int, top_k: int, batch_size: int, actors, gpus_per_actor: float,
-                  cpus_per_actor: float | None, per_step: bool, max_seconds: float | None, files_per_task: int,
+                  cpus_per_actor: float | None, per_step: bool, max_windows: int | None,
+                  min_confidence: float, max_seconds: float | None, files_per_task: int,
                   rows_per_file: int, address: str | None, num_cpus: int | None,
                   endpoint_url: str | None) -> dict[str, Any]:
     import ray
@@ -253,6 +279,7 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
         ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
         ds = ds.map_batches(featurize, batch_size=files_per_task, batch_format="pyarrow", num_cpus=1,
                             fn_kwargs={"feature_config": feature_config, "max_seconds": max_seconds,
+                                       "width": width, "hop": hop, "max_windows": max_windows,
                                        "endpoint_url": endpoint_url})
         ds = ds.map_batches(
             Predictor, batch_size=files_per_task, batch_format="pyarrow",
@@ -261,25 +288,31 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
             fn_constructor_kwargs={"model_dir": model_dir, "schema": schema, "width": width, "hop": hop,
                                    "top_k": top_k, "batch_size": batch_size, "per_step": per_step,
                                    "device": "cuda" if gpus_per_actor > 0 else "cpu",
-                                   "torch_threads": max(1, int(cpa)), "endpoint_url": endpoint_url},
+                                   "torch_threads": max(1, int(cpa)), "max_windows": max_windows,
+                                   "min_confidence": min_confidence, "endpoint_url": endpoint_url},
         )
         ds = ds.map_batches(_write_parts, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=0.25,
                             fn_kwargs={"output": output, "schema": schema, "endpoint_url": endpoint_url})
         files = errors = 0
-        minutes = 0.0
+        minutes = decoded = 0.0
         hist: collections.Counter = collections.Counter()
         examples: list[str] = []
+        error_uris: list[str] = []
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for uri, genre, dur, err in zip(*(batch.column(c).to_pylist() for c in labelset.SUMMARY_COLUMNS)):
+            for uri, genre, dur, dec, err in zip(*(batch.column(c).to_pylist() for c in labelset.SUMMARY_COLUMNS)):
                 files += 1
                 if err is not None:
                     errors += 1
+                    error_uris.append(uri)
                     if len(examples) < 5:
                         examples.append(f"{uri}: {err}")
                 else:
                     hist[genre] += 1
                     minutes += (dur or 0.0) / 60.0
+                    decoded += (dec or 0.0) / 60.0
     if files != len(todo):
         raise JobError(f"labeling wrote {files} rows for {len(todo)} files; re-run the command to finish")
-    return {"files": files, "errors": errors, "genres": dict(hist.most_common()),
-            "audio_minutes": round(minutes, 3), "error_examples": examples}
+    return {"files": files, "errors": errors, "error_uris": error_uris, "unknown": hist.get(labelset.UNKNOWN, 0),
+            "genres": dict(hist.most_common()), "audio_minutes": round(minutes, 3),
+            "audio_minutes_decoded": round(decoded, 3), "audio_minutes_skipped": round(max(0.0, minutes - decoded), 3),
+            "error_examples": examples}

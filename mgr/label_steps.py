@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from mgr.config import FeatureConfig
-from mgr.errors import MgrError
-from mgr.features import cut_windows, log_mel, window_starts
-from mgr.labelset import error_result, segment_times, to_table, track_result
+from mgr.errors import MgrError, StorageError
+from mgr.features import cut_windows, log_mel, spread_starts, window_starts
+from mgr.labelset import RETRYABLE_PREFIX, error_result, segment_times, to_table, track_result
 
 __all__ = ["MEL_SCHEMA", "featurize", "Predictor", "check_model", "window_probs"]
 
@@ -26,45 +26,120 @@ MEL_SCHEMA = pa.schema(
         ("uri", pa.string()),
         ("track_id", pa.string()),
         ("duration_s", pa.float64()),
+        ("decoded_s", pa.float64()),
         ("n_frames", pa.int32()),
+        ("starts", pa.list_(pa.int64())),
         ("mel", pa.large_binary()),
         ("error", pa.string()),
     ]
 )
 
+#: with ``--max-windows``, decode the whole file anyway when the excerpts cover this much
+WHOLE_FILE_SHARE = 0.6
+
 
 def featurize(batch: pa.Table, *, feature_config: dict, max_seconds: float | None,
+              width: int = 0, hop: int = 0, max_windows: int | None = None,
               endpoint_url: str | None = None) -> pa.Table:
     """Decode and analyse the files of ``batch`` (columns ``uri``, ``track_id``).
+
+    Parameters
+    ----------
+    width, hop : int
+        Window length W and hop H in frames (used with ``max_windows``).
+    max_windows : int, optional
+        Analyse at most this many windows per track, spread evenly; only their excerpts
+        are decoded (libsndfile seeks in wav/flac/ogg/mp3).
 
     Returns
     -------
     pa.Table
-        :data:`MEL_SCHEMA` rows; ``mel`` is ``[n_mels, n_frames]`` float32 bytes, or null
-        with ``error`` saying why the file could not be used.
+        :data:`MEL_SCHEMA` rows. ``mel`` is float32 bytes: the whole track
+        ``[n_mels, n_frames]`` when ``starts`` is null, else the selected windows side by
+        side ``[n_mels, len(starts) * W]``; null with ``error`` saying why the file could
+        not be used.
     """
-    from mgr.extract_step import load_audio
-
     cfg = FeatureConfig.from_dict(feature_config)
     rows = []
     for uri, track_id in zip(batch.column("uri").to_pylist(), batch.column("track_id").to_pylist()):
-        row: dict[str, Any] = {"uri": uri, "track_id": track_id, "duration_s": None, "n_frames": None,
-                               "mel": None, "error": None}
+        row: dict[str, Any] = {"uri": uri, "track_id": track_id, "duration_s": None, "decoded_s": None,
+                               "n_frames": None, "starts": None, "mel": None, "error": None}
         try:
-            y, duration = load_audio(uri, cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url)
-            mel = log_mel(y, cfg=cfg)
-            del y
+            if max_windows:
+                row.update(_excerpts(uri, cfg=cfg, width=width, hop=hop, max_windows=max_windows,
+                                     max_seconds=max_seconds, endpoint_url=endpoint_url))
+            else:
+                row.update(_whole(uri, cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url))
+        except (StorageError, OSError) as exc:  # S3/network/file-system: may pass on a retry
+            row["error"] = RETRYABLE_PREFIX + str(exc)
         except MgrError as exc:
-            row["error"] = str(exc)
+            row["error"] = (RETRYABLE_PREFIX if str(exc).startswith("cannot read file") else "") + str(exc)
         except MemoryError:
             row["error"] = "out of memory while decoding (lower --max-seconds or give workers more memory)"
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the job
             row["error"] = f"unexpected {type(exc).__name__}: {exc}"
-        else:
-            row.update(duration_s=duration, n_frames=int(mel.shape[1]),
-                       mel=np.ascontiguousarray(mel, dtype="<f4").tobytes())
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=MEL_SCHEMA)
+
+
+def _mel_bytes(mel: np.ndarray) -> bytes:
+    return np.ascontiguousarray(mel, dtype="<f4").tobytes()
+
+
+def _whole(uri: str, *, cfg: FeatureConfig, max_seconds: float | None, endpoint_url: str | None) -> dict:
+    from mgr.extract_step import load_audio
+
+    y, duration = load_audio(uri, cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url)
+    mel = log_mel(y, cfg=cfg)
+    return {"duration_s": duration, "decoded_s": duration, "n_frames": int(mel.shape[1]), "mel": _mel_bytes(mel)}
+
+
+def _opener(uri: str, endpoint_url: str | None):
+    """A callable giving a fresh seekable source for ``uri`` (path, or remote file object)."""
+    from mgr import storage
+
+    if not storage.is_remote(uri):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return lambda: path
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    return lambda: fs.open(path, "rb")
+
+
+def _excerpts(uri: str, *, cfg: FeatureConfig, width: int, hop: int, max_windows: int,
+              max_seconds: float | None, endpoint_url: str | None) -> dict:
+    """Decode only the excerpts of the ``max_windows`` windows spread over the track.
+
+    Each excerpt is decoded with a margin of at least ``n_fft / 2`` samples, so that its
+    frames equal the whole track's (up to the resampler's edge effects).
+    """
+    from mgr.audio import decode, probe
+    from mgr.errors import AudioError
+    from mgr.features import fit_frames, pad_value, spread_starts
+
+    source = _opener(uri, endpoint_url)
+    info = probe(source(), name=uri)
+    duration = info.duration_s
+    if max_seconds is not None and duration > max_seconds:
+        raise AudioError(f"too long: header claims {duration / 60:.1f} min, over the limit of "
+                         f"{max_seconds / 60:.0f} min (raise --max-seconds to accept it)")
+    n_frames = cfg.frames_for_samples(int(round(duration * cfg.sr)))
+    starts = spread_starts(window_starts(n_frames, width=width, hop=hop), max_windows)
+    if len(starts) * width >= WHOLE_FILE_SHARE * n_frames:
+        return _whole(uri, cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url)
+    margin = -(-(cfg.n_fft // 2) // cfg.hop_length) * cfg.hop_length  # samples, a whole number of hops
+    pad = pad_value(cfg)
+    wins, decoded = [], 0.0
+    for s in starts:
+        first = max(0, int(s) * cfg.hop_length - margin)
+        stop = (int(s) + width - 1) * cfg.hop_length + margin + 1
+        y, _, _ = decode(source(), sr=cfg.sr, mono=cfg.mono, offset_s=first / cfg.sr,
+                         duration_s=(stop - first) / cfg.sr, max_seconds=max_seconds, name=uri)
+        decoded += len(y) / cfg.sr
+        mel = log_mel(y, cfg=cfg)
+        off = (int(s) * cfg.hop_length - first) // cfg.hop_length
+        wins.append(fit_frames(mel[:, off: off + width], width, pad=pad))
+    return {"duration_s": duration, "decoded_s": min(decoded, duration), "n_frames": n_frames,
+            "starts": [int(s) for s in starts], "mel": _mel_bytes(np.concatenate(wins, axis=1))}
 
 
 def window_probs(loaded, windows: np.ndarray, *, batch_size: int, device: str = "cpu",
@@ -159,10 +234,15 @@ class Predictor:
         ``cpu`` or ``cuda``.
     per_step : bool
         Write crnn per-step distributions into ``steps``.
+    max_windows : int, optional
+        At most this many windows per track, spread evenly.
+    min_confidence : float
+        Below this top probability the track's genre is ``"unknown"``.
     """
 
     def __init__(self, *, model_dir: str, schema: pa.Schema, width: int, hop: int, top_k: int,
                  batch_size: int, device: str = "cpu", per_step: bool = False, torch_threads: int = 1,
+                 max_windows: int | None = None, min_confidence: float = 0.0,
                  endpoint_url: str | None = None) -> None:
         import torch
 
@@ -173,6 +253,7 @@ class Predictor:
         self.loaded = load_model_dir(model_dir, device=device, endpoint_url=endpoint_url)
         self.schema, self.width, self.hop = schema, int(width), int(hop)
         self.top_k, self.batch_size, self.device, self.per_step = int(top_k), int(batch_size), device, per_step
+        self.max_windows, self.min_confidence = max_windows, float(min_confidence)
         cfg = self.loaded.feature_config
         self.n_mels, self.frame_s = cfg.n_mels, cfg.hop_length / cfg.sr
 
@@ -183,9 +264,14 @@ class Predictor:
             if row["error"] is not None or row["mel"] is None:
                 plan.append(None)
                 continue
-            mel = np.frombuffer(row["mel"], dtype="<f4").reshape(self.n_mels, row["n_frames"])
-            starts = window_starts(row["n_frames"], width=self.width, hop=self.hop)
-            chunks.append(cut_windows(mel, starts, width=self.width, pad=self.loaded.pad_value))
+            mel = np.frombuffer(row["mel"], dtype="<f4").reshape(self.n_mels, -1)
+            if row["starts"] is not None:  # excerpts: the selected windows side by side
+                starts = np.asarray(row["starts"], dtype=np.int64)
+                chunks.append(mel.reshape(self.n_mels, len(starts), self.width).transpose(1, 0, 2))
+            else:
+                starts = spread_starts(window_starts(row["n_frames"], width=self.width, hop=self.hop),
+                                       self.max_windows)
+                chunks.append(cut_windows(mel, starts, width=self.width, pad=self.loaded.pad_value))
             plan.append(starts)
         windows = np.concatenate(chunks) if chunks else np.zeros((0, self.n_mels, self.width), np.float32)
         probs, steps = window_probs(self.loaded, windows, batch_size=self.batch_size, device=self.device,
@@ -193,7 +279,7 @@ class Predictor:
         out, at = [], 0
         for row, starts in zip(rows, plan):
             rec = {"uri": row["uri"], "track_id": row["track_id"], "duration_s": row["duration_s"],
-                   "model_id": self.loaded.model_id, "error": row["error"]}
+                   "decoded_s": row["decoded_s"], "model_id": self.loaded.model_id, "error": row["error"]}
             if starts is None:
                 rec.update(error_result())
                 rec["error"] = rec["error"] or "no features"
@@ -202,7 +288,8 @@ class Predictor:
                 times = segment_times(starts, width=self.width, n_frames=row["n_frames"], frame_s=self.frame_s,
                                       duration_s=row["duration_s"])
                 rec.update(track_result(probs[at: at + n], times=times, genres=self.loaded.genres,
-                                        top_k=self.top_k, steps=None if steps is None else steps[at: at + n]))
+                                        top_k=self.top_k, steps=None if steps is None else steps[at: at + n],
+                                        min_confidence=self.min_confidence))
                 at += n
             out.append(rec)
         return to_table(out, self.schema)

@@ -29,6 +29,9 @@ from mgr.errors import ConfigError, StorageError
 __all__ = [
     "SEGMENT",
     "SUMMARY_COLUMNS",
+    "UNKNOWN",
+    "RETRYABLE_PREFIX",
+    "drop_rows",
     "MARKER_NAME",
     "labels_schema",
     "genres_of",
@@ -69,13 +72,20 @@ _FIELDS = [
     ("probs", pa.list_(pa.float32())),
     ("segments", pa.list_(SEGMENT)),
     ("duration_s", pa.float64()),
+    ("decoded_s", pa.float64()),
     ("model_id", pa.string()),
     ("error", pa.string()),
     ("steps", STEPS),
 ]
 
 #: the small columns a run returns to the driver for its summary
-SUMMARY_COLUMNS = ("uri", "genre", "duration_s", "error")
+SUMMARY_COLUMNS = ("uri", "genre", "duration_s", "decoded_s", "error")
+
+#: start of the ``error`` of a file that failed for a storage/network reason (``--retry-errors``)
+RETRYABLE_PREFIX = "storage: "
+
+#: ``genre`` of a track whose top probability is below ``--min-confidence``
+UNKNOWN = "unknown"
 
 
 def labels_schema(genres: Sequence[str], *, model_id: str) -> pa.Schema:
@@ -92,8 +102,9 @@ def labels_schema(genres: Sequence[str], *, model_id: str) -> pa.Schema:
     -------
     pa.Schema
         Columns ``uri, track_id, genre, confidence, top_genres, top_probs, probs,
-        segments, duration_s, model_id, error, steps`` (``steps`` is null unless the run
-        asked for crnn per-step distributions); metadata ``mgr.genres`` (JSON list) and
+        segments, duration_s, decoded_s, model_id, error, steps`` (``decoded_s``: seconds
+        of audio analysed, less than ``duration_s`` with ``--max-windows``; ``steps`` is null
+        unless the run asked for crnn per-step distributions); metadata ``mgr.genres`` (JSON list) and
         ``mgr.model_id``.
     """
     meta = {b"mgr.genres": json.dumps(list(genres)).encode(), b"mgr.model_id": model_id.encode()}
@@ -139,6 +150,7 @@ def track_result(
     genres: Sequence[str],
     top_k: int,
     steps: np.ndarray | None = None,
+    min_confidence: float = 0.0,
 ) -> dict[str, Any]:
     """Aggregate a track's window distributions into its result columns.
 
@@ -154,6 +166,9 @@ def track_result(
         How many genres ``top_genres``/``top_probs`` keep (capped at ``n_classes``).
     steps : np.ndarray, optional
         ``[n_windows, n_steps, n_classes]`` per-step distributions (crnn ``--per-step``).
+    min_confidence : float
+        Below this top probability ``genre`` is ``"unknown"`` (``top_genres`` and
+        ``confidence`` still say what the model thought).
 
     Returns
     -------
@@ -175,7 +190,7 @@ def track_result(
         for i, ((a, b), g) in enumerate(zip(times, best))
     ]
     return {
-        "genre": genres[int(order[0])],
+        "genre": genres[int(order[0])] if probs[order[0]] >= min_confidence else UNKNOWN,
         "confidence": float(probs[order[0]]),
         "top_genres": [genres[int(i)] for i in order],
         "top_probs": [float(probs[i]) for i in order],
@@ -200,9 +215,11 @@ class ExistingOutput:
     """What an OUTPUT folder already holds: labeled uris, model ids, vocabulary, files."""
 
     def __init__(self, uris: set[str], model_ids: set[str], genres: list[str], files: list[str],
-                 errors: int, marker: dict[str, Any] | None) -> None:
+                 errors: int, marker: dict[str, Any] | None, retryable: dict[str, list[str]] | None = None) -> None:
         self.uris, self.model_ids, self.genres, self.files = uris, model_ids, genres, files
         self.errors, self.marker = errors, marker
+        #: part file → uris of its rows whose error may pass on a retry
+        self.retryable = retryable or {}
 
     @property
     def empty(self) -> bool:
@@ -255,6 +272,7 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
     model_ids: set[str] = set()
     genres: list[str] = []
     errors = 0
+    retryable: dict[str, list[str]] = {}
     for p in files:
         try:
             with fs.open(p, "rb") as fh:
@@ -269,7 +287,35 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
         uris.update(t.column("uri").to_pylist())
         model_ids.update(m for m in t.column("model_id").unique().to_pylist() if m is not None)
         errors += t.num_rows - t.column("error").null_count
-    return ExistingOutput(uris, model_ids, genres, files, errors, read_marker(uri, endpoint_url=endpoint_url))
+        again = [u for u, e in zip(t.column("uri").to_pylist(), t.column("error").to_pylist())
+                 if e is not None and e.startswith(RETRYABLE_PREFIX)]
+        if again:
+            retryable[p] = again
+    return ExistingOutput(uris, model_ids, genres, files, errors, read_marker(uri, endpoint_url=endpoint_url),
+                          retryable)
+
+
+def drop_rows(output: str, part: str, uris: Sequence[str], *, endpoint_url: str | None = None) -> int:
+    """Remove the rows of ``uris`` from the part file ``part`` of ``output``.
+
+    The old file is deleted before the kept rows are written anew (under the name of
+    their uris): an interruption in between loses rows, which the next run labels again,
+    and never duplicates them. Returns the number of rows kept.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(output, endpoint_url=endpoint_url)
+    try:
+        with fs.open(part, "rb") as fh:
+            table = pq.read_table(fh)
+        keep = table.filter(pc.invert(pc.is_in(table.column("uri"), value_set=pa.array(list(uris), pa.string()))))
+        fs.rm(part)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot rewrite {part} of {output}: {exc}") from None
+    if keep.num_rows:
+        write_part(keep, output, endpoint_url=endpoint_url)
+    return keep.num_rows
 
 
 def read_marker(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any] | None:

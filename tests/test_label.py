@@ -229,3 +229,57 @@ def test_label_help_shows_how_to_read(capsys):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "pandas.read_parquet(OUTPUT)" in text and "--per-step" in text and "--overwrite" in text
+
+
+@pytest.mark.timeout(240)
+def test_excerpts_and_unknown(ray_local, models, tmp_path):
+    """--max-windows decodes only spread excerpts whose windows equal the whole track's;
+    --min-confidence turns unsure tracks into "unknown"."""
+    cat = tmp_path / "cat"
+    write_audio(str(cat / "long.wav"), music_like("bossa", 200.0, seed=11))  # native 22050 Hz: no resampling
+    write_audio(str(cat / "long.flac"), music_like("rumble", 180.0, seed=12))
+    write_audio(str(cat / "short.ogg"), music_like("chime", 20.0, seed=13))
+    full = label_catalog(str(cat), str(tmp_path / "full"), model_dir=models["cnn"])
+    part = label_catalog(str(cat), str(tmp_path / "part"), model_dir=models["cnn"], max_windows=3,
+                         min_confidence=0.99)
+    f = {os.path.basename(r["uri"]): r for r in pq.read_table(str(tmp_path / "full")).to_pylist()}
+    p = {os.path.basename(r["uri"]): r for r in pq.read_table(str(tmp_path / "part")).to_pylist()}
+    for name in ("long.wav", "long.flac"):
+        fs, ps = f[name]["segments"], p[name]["segments"]
+        idx = np.unique(np.round(np.linspace(0, len(fs) - 1, 3)).astype(int))
+        assert [g["start_s"] for g in ps] == pytest.approx([fs[i]["start_s"] for i in idx])
+        assert p[name]["decoded_s"] < 0.6 * p[name]["duration_s"] and f[name]["decoded_s"] == f[name]["duration_s"]
+        tol = 1e-5 if name == "long.wav" else 2e-3
+        np.testing.assert_allclose([g["confidence"] for g in ps], [fs[i]["confidence"] for i in idx], atol=tol)
+        assert p[name]["genre"] == "unknown" and p[name]["top_genres"][0] in GENRES
+    assert len(p["short.ogg"]["segments"]) == 1 and p["short.ogg"]["decoded_s"] == f["short.ogg"]["duration_s"]
+    assert part["run"]["unknown"] == 3 and part["run"]["genres"] == {"unknown": 3}
+    assert part["run"]["audio_minutes_skipped"] > 0.4 * part["run"]["audio_minutes"]
+    assert full["run"]["audio_minutes_skipped"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_retry_storage_errors(ray_local, models, tmp_path):
+    """A file that could not be read (a dangling link: a vanished mount) is a "storage:" error;
+    --retry-errors re-attempts only such rows and reports what stayed broken."""
+    cat = tmp_path / "cat"
+    write_audio(str(cat / "a.wav"), music_like("drone", 3.0, seed=1))
+    (cat / "text.mp3").write_text("not audio")
+    target = tmp_path / "elsewhere" / "b.flac"
+    os.symlink(target, cat / "b.flac")
+    out = str(tmp_path / "labels")
+    first = label_catalog(str(cat), out, model_dir=models["cnn"])
+    rows = {os.path.basename(r["uri"]): r for r in pq.read_table(out).to_pylist()}
+    assert rows["b.flac"]["error"].startswith(labelset.RETRYABLE_PREFIX)
+    assert not rows["text.mp3"]["error"].startswith(labelset.RETRYABLE_PREFIX) and first["run"]["errors"] == 2
+    assert label_catalog(str(cat), out, model_dir=models["cnn"])["run"]["files"] == 0
+    still = label_catalog(str(cat), out, model_dir=models["cnn"], retry_errors=True)
+    assert still["run"]["retried"] == 1 and still["run"]["still_broken"] == 1 and still["run"]["files"] == 1
+    assert pq.read_table(out).num_rows == 3
+    write_audio(str(target), music_like("chime", 3.0, seed=2))  # the fault is removed
+    fixed = label_catalog(str(cat), out, model_dir=models["cnn"], retry_errors=True)
+    assert fixed["run"]["retried"] == 1 and fixed["run"]["still_broken"] == 0 and fixed["counts"]["errors"] == 1
+    t = pq.read_table(out)
+    rows = {os.path.basename(r["uri"]): r for r in t.to_pylist()}
+    assert t.num_rows == 3 and rows["b.flac"]["error"] is None and rows["b.flac"]["genre"] in GENRES
+    assert rows["a.wav"]["error"] is None and rows["text.mp3"]["error"]

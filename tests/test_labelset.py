@@ -32,7 +32,7 @@ def _row(uri, probs=None, error=None, **extra):
 def test_schema_is_fixed_and_carries_vocabulary():
     s = labelset.labels_schema(GENRES, model_id="m-1")
     assert s.names == ["uri", "track_id", "genre", "confidence", "top_genres", "top_probs", "probs",
-                       "segments", "duration_s", "model_id", "error", "steps"]
+                       "segments", "duration_s", "decoded_s", "model_id", "error", "steps"]
     assert s.field("segments").type.value_type == labelset.SEGMENT
     assert s.field("probs").type == pa.list_(pa.float32())
     assert labelset.genres_of(s) == GENRES
@@ -55,6 +55,11 @@ def test_track_result_is_mean_of_windows_with_top_k():
     assert labelset.track_result(wp, times=times, genres=GENRES, top_k=10)["top_genres"] == ["jazz", "rock", "pop"]
     with pytest.raises(ValueError):
         labelset.track_result(wp, times=times[:2], genres=GENRES, top_k=1)
+    # below --min-confidence the genre is "unknown"; the model's view is kept
+    unsure = labelset.track_result(wp, times=times, genres=GENRES, top_k=2, min_confidence=0.6)
+    assert unsure["genre"] == labelset.UNKNOWN and unsure["top_genres"][0] == "jazz"
+    assert unsure["confidence"] == r["confidence"]
+    assert labelset.track_result(wp, times=times, genres=GENRES, top_k=2, min_confidence=0.5)["genre"] == "jazz"
 
 
 def test_windows_rule_and_segment_times():

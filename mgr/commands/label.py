@@ -42,6 +42,12 @@ def register(sub) -> None:
                    help="CPUs reserved per model actor (default: 1 with GPUs or on >= 8 CPUs, else 0)")
     p.add_argument("--per-step", action="store_true",
                    help="crnn only: write the per-step distributions of each window (`steps` column)")
+    p.add_argument("--max-windows", type=int, default=None, metavar="N",
+                   help="label at most N windows per track, spread evenly; only their excerpts are decoded")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="tracks whose top probability is below P get genre 'unknown' (top_genres kept)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="label again the files whose error was a storage/network one ('storage: ...')")
     p.add_argument("--overwrite", action="store_true", help="clear OUTPUT (even another model's labels) and relabel")
     p.add_argument("--max-seconds", type=float, default=3 * 3600.0,
                    help="files longer than this get an error row instead of labels")
@@ -67,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
         per_step=args.per_step,
+        max_windows=args.max_windows,
+        min_confidence=args.min_confidence,
+        retry_errors=args.retry_errors,
         overwrite=args.overwrite,
         max_seconds=args.max_seconds,
         files_per_task=args.files_per_task,
@@ -91,6 +100,14 @@ def format_summary(s: dict) -> str:
         f"{run['files_skipped_already_done']} already done)",
         f"errors this run: {run['errors']}" + "".join(f"\n  {e}" for e in run["error_examples"]),
     ]
+    if run.get("retried"):
+        lines.append(f"retried {run['retried']} storage error(s); still broken: {run['still_broken']}"
+                     + "".join(f"\n  {u}" for u in run["still_broken_examples"]))
+    if run.get("audio_minutes_skipped"):
+        lines.append(f"audio decoded: {run['audio_minutes_decoded']:.1f} min, skipped: "
+                     f"{run['audio_minutes_skipped']:.1f} min (--max-windows {s['max_windows']})")
+    if run.get("unknown"):
+        lines.append(f"unknown (top probability < {s['min_confidence']}): {run['unknown']}")
     if run["genres"]:
         total = max(1, sum(run["genres"].values()))
         width = max(len(g) for g in run["genres"])
