@@ -145,22 +145,57 @@ def decode(
         try:
             if start > 0:
                 f.seek(min(start, max(frames, 0)))
-            data = f.read(frames=count, dtype="float32", always_2d=True)
+            want = (frames - start) if count < 0 else count
+            if mono and sr is not None and want > STREAM_ABOVE_FRAMES:
+                y, n_read = _decode_stream(f, count, native_sr, sr)
+            else:
+                data = f.read(frames=count, dtype="float32", always_2d=True)
+                n_read = data.shape[0]
+                if n_read and not np.isfinite(data).all():
+                    raise AudioError("samples contain NaN or infinite values")
+                y = np.ascontiguousarray(data.mean(axis=1) if mono else data.T, dtype=np.float32)
+                if n_read and sr is not None and sr != native_sr:
+                    y = _resample(y, native_sr, sr)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             raise AudioError(f"decoding failed ({_reason(exc)})") from None
-    if data.shape[0] == 0:
+    if n_read == 0:
         raise AudioError("no audio samples (zero-length or truncated before the first frame)")
     if duration_s is None and offset_s == 0.0:
-        total_s = data.shape[0] / native_sr  # the samples really decoded, not the header's claim
-    if not np.isfinite(data).all():
-        raise AudioError("samples contain NaN or infinite values")
-    y = data.mean(axis=1) if mono else data.T
-    y = np.ascontiguousarray(y, dtype=np.float32)
-    if sr is not None and sr != native_sr:
-        y = _resample(y, native_sr, sr)
-    else:
-        sr = native_sr
-    return y, int(sr), float(total_s)
+        total_s = n_read / native_sr  # the samples really decoded, not the header's claim
+    return y, int(sr if sr is not None else native_sr), float(total_s)
+
+
+#: above this many native frames (10 min at 44.1 kHz), mono decoding streams in blocks so
+#: that memory holds the 22.05 kHz result, not the native multichannel float32 signal
+STREAM_ABOVE_FRAMES = 10 * 60 * 44100
+_BLOCK_FRAMES = 1 << 20
+
+
+def _decode_stream(f, count: int, native_sr: int, sr: int) -> tuple[np.ndarray, int]:
+    """Read ``count`` frames (-1: to the end) block by block: downmix, check, resample."""
+    import soxr
+
+    stream = soxr.ResampleStream(native_sr, sr, 1, dtype="float32", quality="HQ") if sr != native_sr else None
+    parts, n_read = [], 0
+    remaining = count
+    while remaining != 0:
+        n = _BLOCK_FRAMES if remaining < 0 else min(_BLOCK_FRAMES, remaining)
+        block = f.read(frames=n, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        if not np.isfinite(block).all():
+            raise AudioError("samples contain NaN or infinite values")
+        n_read += block.shape[0]
+        if remaining > 0:
+            remaining -= block.shape[0]
+        mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+        parts.append(stream.resample_chunk(mono, last=False) if stream else mono)
+        if block.shape[0] < n:
+            break
+    if stream is not None:
+        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return y.astype(np.float32, copy=False), n_read
 
 
 def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
