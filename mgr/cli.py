@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "s3_retries", None) is not None:
+        if args.s3_retries < 1:
+            print(f"mgr {args.command}: error: --s3-retries must be at least 1", file=sys.stderr)
+            return 2
+        os.environ["MGR_S3_RETRIES"] = str(args.s3_retries)  # reaches workers via mgr.runtime
     try:
         result = args.func(args)
     except KeyboardInterrupt:

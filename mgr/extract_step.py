@@ -29,7 +29,7 @@ def load_audio(uri: str, *, cfg: FeatureConfig, max_seconds: float | None, endpo
     if storage.is_remote(uri):
         source: Any = storage.read_bytes(uri, endpoint_url=endpoint_url)
     else:
-        source = uri[len("file://"):] if uri.startswith("file://") else uri
+        source = storage.local_path(uri)
     y, _, duration = decode(source, sr=cfg.sr, mono=cfg.mono, max_seconds=max_seconds, name=uri)
     return y, duration
 

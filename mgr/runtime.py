@@ -28,6 +28,8 @@ def worker_env(*, endpoint_url: str | None = None) -> dict[str, str]:
     """Environment variables every mgr worker gets (no credentials, ever)."""
     env = dict(WORKER_ENV)
     env["NUMBA_CACHE_DIR"] = os.environ.get("NUMBA_CACHE_DIR", "/tmp/mgr-numba-cache")
+    if os.environ.get("MGR_S3_RETRIES"):
+        env["MGR_S3_RETRIES"] = os.environ["MGR_S3_RETRIES"]
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint

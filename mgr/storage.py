@@ -36,16 +36,19 @@ def strip_protocol(uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
-def s3_options(*, endpoint_url: str | None = None, retries: int = 10) -> dict:
+def s3_options(*, endpoint_url: str | None = None, retries: int | None = None) -> dict:
     """Keyword arguments for ``s3fs.S3FileSystem``.
 
     Parameters
     ----------
     endpoint_url : str, optional
         S3-compatible endpoint; defaults to ``AWS_ENDPOINT_URL``.
-    retries : int
-        botocore's retry attempts (adaptive mode) for throttling and transient errors.
+    retries : int, optional
+        botocore's retry attempts (adaptive mode: backoff and client-side rate limiting) for
+        throttling (503 SlowDown) and transient errors; default ``$MGR_S3_RETRIES`` or 10.
     """
+    if retries is None:
+        retries = int(os.environ.get("MGR_S3_RETRIES", "10"))
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     opts: dict = {
         "config_kwargs": {"retries": {"max_attempts": retries, "mode": "adaptive"}},
@@ -86,9 +89,31 @@ def join(base: str, *parts: str) -> str:
 
 
 def to_uri(fs, path: str, like: str) -> str:
-    """Give ``path`` (as listed by ``fs``) the protocol of ``like``."""
+    """Give ``path`` (as listed by ``fs``) the protocol of ``like``.
+
+    Local names that are not valid UTF-8 (bytes the OS allows but Arrow strings cannot
+    hold) are percent-encoded; :func:`local_path` maps them back.
+    """
     if is_remote(like):
         return like.split("://", 1)[0] + "://" + path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        from urllib.parse import quote_from_bytes
+
+        return quote_from_bytes(os.fsencode(path), safe="/ ._-+,=()[]{}~@!$&'")
+    return path
+
+
+def local_path(uri: str) -> str:
+    """The file behind a local uri (``file://`` stripped, percent-encoded names decoded)."""
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "%" in path and not os.path.exists(path):
+        from urllib.parse import unquote_to_bytes
+
+        decoded = os.fsdecode(unquote_to_bytes(path))
+        if os.path.exists(decoded):
+            return decoded
     return path
 
 

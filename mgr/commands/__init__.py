@@ -24,3 +24,10 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
         help="S3-compatible endpoint for s3:// paths (default: $AWS_ENDPOINT_URL); "
         "credentials come from the usual AWS environment",
     )
+    parser.add_argument(
+        "--s3-retries",
+        type=int,
+        default=None,
+        help="attempts per S3 request on throttling (503 SlowDown) and transient errors, with "
+        "adaptive backoff (default: $MGR_S3_RETRIES or 10)",
+    )
