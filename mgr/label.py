@@ -44,21 +44,80 @@ def parse_actors(text: str | None) -> tuple[int, int] | None:
 
 
 def catalog_records(catalog: str, *, endpoint_url: str | None = None) -> list[dict[str, Any]]:
-    """``uri`` and ``track_id`` of every audio file of ``catalog`` (local folder or s3:// prefix).
+    """``uri``, ``track_id`` (and manifest columns) of every file of ``catalog``.
+
+    ``catalog`` is a local folder or ``s3://`` prefix (listed for audio files), or
+    ``manifest:FILE`` where FILE (CSV or Parquet, local or S3) has a ``uri`` column
+    (absolute, or relative to FILE's folder), optionally ``track_id`` and any other
+    columns, which are carried through into the labels as strings.
 
     Raises
     ------
-    StorageError
-        The catalog does not exist or holds no audio files.
+    StorageError, LabelSourceError
+        The catalog does not exist, holds no audio files, or the manifest is unusable.
     """
     from mgr.sources import track_id_from_uri
 
+    if catalog.startswith("manifest:"):
+        return _manifest_records(catalog[len("manifest:"):], endpoint_url=endpoint_url)
     fs, path = storage.filesystem(catalog, endpoint_url=endpoint_url)
     fs.invalidate_cache(path)  # a grown catalog must be listed afresh
     uris = storage.list_audio(catalog, endpoint_url=endpoint_url)
     if not uris:
         raise StorageError(f"{catalog} holds no audio files ({', '.join(storage.AUDIO_EXTENSIONS)})")
     return [{"uri": u, "track_id": track_id_from_uri(u)} for u in uris]
+
+
+def _normjoin(base: str, rel: str) -> str:
+    """``base`` folder + relative ``rel``, with ``..`` resolved (local path or URI)."""
+    import os
+    import posixpath
+
+    if storage.is_remote(base):
+        proto, rest = base.split("://", 1)
+        return f"{proto}://{posixpath.normpath(posixpath.join(rest, rel))}"
+    return os.path.normpath(os.path.join(os.path.abspath(base), rel))
+
+
+def _manifest_records(path: str, *, endpoint_url: str | None) -> list[dict[str, Any]]:
+    import io
+
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from mgr.errors import LabelSourceError
+    from mgr.sources import track_id_from_uri
+
+    if not path:
+        raise LabelSourceError("manifest: needs a file, e.g. manifest:s3://bucket/catalog.csv")
+    raw = storage.read_bytes(path, endpoint_url=endpoint_url)
+    try:
+        if path.lower().endswith((".parquet", ".pq")):
+            table = pq.read_table(io.BytesIO(raw))
+        else:
+            table = pcsv.read_csv(io.BytesIO(raw), convert_options=pcsv.ConvertOptions(
+                column_types={"uri": pa.string(), "track_id": pa.string()}, strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LabelSourceError(f"cannot parse manifest {path}: {str(exc).splitlines()[0]}") from None
+    if "uri" not in table.column_names:
+        raise LabelSourceError(f"manifest {path} has no 'uri' column (columns: {table.column_names})")
+    base = path.rsplit("/", 1)[0] if "/" in path else "."
+    records, seen = [], set()
+    for rec in table.to_pylist():
+        uri = rec["uri"]
+        if not uri:
+            continue
+        if not (storage.is_remote(uri) or uri.startswith("/")):
+            uri = _normjoin(base, uri)
+        if uri in seen:
+            raise LabelSourceError(f"manifest {path} lists {uri!r} more than once")
+        seen.add(uri)
+        out = {k: (None if v is None else str(v)) for k, v in rec.items()}
+        out["uri"], out["track_id"] = uri, rec.get("track_id") or track_id_from_uri(uri)
+        records.append(out)
+    if not records:
+        raise LabelSourceError(f"manifest {path} lists no files")
+    return records
 
 
 def _clear_output(output: str, existing: labelset.ExistingOutput, *, endpoint_url: str | None) -> None:
@@ -200,7 +259,6 @@ def label_catalog(
     cfg = loaded.feature_config
     width, hop = labelset.resolve_windows(window_frames=loaded.window_frames, frames_per_second=cfg.sr / cfg.hop_length,
                                           window_seconds=window_seconds, hop_seconds=hop_seconds)
-    schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id)
 
     existing = labelset.read_existing(output, endpoint_url=endpoint_url, clean=True)
     foreign = set(existing.model_ids)
@@ -220,6 +278,8 @@ def label_catalog(
             retried.update(uris)
         existing = labelset.read_existing(output, endpoint_url=endpoint_url)
     records = catalog_records(catalog, endpoint_url=endpoint_url)
+    extras = [k for k in records[0] if k not in ("uri", "track_id")]
+    schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id, extra_columns=extras)
     todo = [r for r in records if r["uri"] not in existing.uris]
     log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
         f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")

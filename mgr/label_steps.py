@@ -79,7 +79,11 @@ def featurize(batch: pa.Table, *, feature_config: dict, max_seconds: float | Non
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the job
             row["error"] = f"unexpected {type(exc).__name__}: {exc}"
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=MEL_SCHEMA)
+    out = pa.Table.from_pylist(rows, schema=MEL_SCHEMA)
+    for name in batch.column_names:  # manifest columns ride along
+        if name not in MEL_SCHEMA.names:
+            out = out.append_column(name, batch.column(name).cast(pa.string()))
+    return out
 
 
 def _mel_bytes(mel: np.ndarray) -> bytes:
@@ -280,6 +284,7 @@ class Predictor:
         for row, starts in zip(rows, plan):
             rec = {"uri": row["uri"], "track_id": row["track_id"], "duration_s": row["duration_s"],
                    "decoded_s": row["decoded_s"], "model_id": self.loaded.model_id, "error": row["error"]}
+            rec.update({k: v for k, v in row.items() if k not in MEL_SCHEMA.names})
             if starts is None:
                 rec.update(error_result())
                 rec["error"] = rec["error"] or "no features"

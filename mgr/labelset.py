@@ -88,7 +88,7 @@ RETRYABLE_PREFIX = "storage: "
 UNKNOWN = "unknown"
 
 
-def labels_schema(genres: Sequence[str], *, model_id: str) -> pa.Schema:
+def labels_schema(genres: Sequence[str], *, model_id: str, extra_columns: Sequence[str] = ()) -> pa.Schema:
     """The one schema of every file of a labels dataset.
 
     Parameters
@@ -97,6 +97,8 @@ def labels_schema(genres: Sequence[str], *, model_id: str) -> pa.Schema:
         The model's vocabulary, in output order (``probs[i]`` is ``genres[i]``).
     model_id : str
         The model's id (name + hash of its weights).
+    extra_columns : sequence of str
+        Manifest columns carried through (strings), after the fixed columns.
 
     Returns
     -------
@@ -107,8 +109,11 @@ def labels_schema(genres: Sequence[str], *, model_id: str) -> pa.Schema:
         unless the run asked for crnn per-step distributions); metadata ``mgr.genres`` (JSON list) and
         ``mgr.model_id``.
     """
+    clash = sorted(set(extra_columns) & {name for name, _ in _FIELDS})
+    if clash:
+        raise ConfigError(f"manifest columns {clash} clash with labels columns; rename them")
     meta = {b"mgr.genres": json.dumps(list(genres)).encode(), b"mgr.model_id": model_id.encode()}
-    return pa.schema(_FIELDS, metadata=meta)
+    return pa.schema(_FIELDS + [(c, pa.string()) for c in extra_columns], metadata=meta)
 
 
 def genres_of(schema: pa.Schema) -> list[str]:

@@ -207,6 +207,20 @@ def test_label_s3_catalog_via_cli(ray_local, s3_bucket, s3_endpoint, catalog, mo
     assert summary["run"]["files"] == 1 and summary["counts"]["files"] == 5 and summary["complete"]
     fs.invalidate_cache()
     assert pq.read_table(f"{bucket}/labels", filesystem=fs).num_rows == 5
+    # a Parquet manifest on S3 (no listing of the bucket): track_id comes out in the labels
+    import pyarrow as pa
+
+    with fs.open(f"{bucket}/lists/m.parquet", "wb") as fh:
+        pq.write_table(pa.table({"uri": [f"s3://{bucket}/music/long/song_b.mp3", "../music/bad/text.mp3"],
+                                 "track_id": ["song-b", "junk"], "rank": [1, 2]}), fh)
+    out2 = f"s3://{bucket}/labels-manifest"
+    assert cli_main(["label", f"manifest:s3://{bucket}/lists/m.parquet", out2, "--model", models["cnn"],
+                     "--endpoint-url", s3_endpoint]) == 0
+    fs.invalidate_cache()
+    t = pq.read_table(f"{bucket}/labels-manifest", filesystem=fs).to_pylist()
+    got = {r["track_id"]: (r["rank"], r["uri"], r["error"]) for r in t}
+    assert got["song-b"] == ("1", f"s3://{bucket}/music/long/song_b.mp3", None)
+    assert got["junk"][:2] == ("2", f"s3://{bucket}/music/bad/text.mp3") and "not decodable" in got["junk"][2]
 
 
 def test_model_preset_mismatch_is_a_clear_error(tmp_path, catalog, capsys):
@@ -283,3 +297,25 @@ def test_retry_storage_errors(ray_local, models, tmp_path):
     rows = {os.path.basename(r["uri"]): r for r in t.to_pylist()}
     assert t.num_rows == 3 and rows["b.flac"]["error"] is None and rows["b.flac"]["genre"] in GENRES
     assert rows["a.wav"]["error"] is None and rows["text.mp3"]["error"]
+
+
+@pytest.mark.timeout(180)
+def test_manifest_catalog_with_track_ids(ray_local, catalog, models, tmp_path):
+    man = tmp_path / "lists" / "catalog.csv"
+    man.parent.mkdir()
+    shutil.copy(os.path.join(catalog, "chime", "chime.00000.ogg"), man.parent / "rel.ogg")
+    man.write_text(
+        "uri,track_id,album\n"
+        f"{os.path.join(catalog, 'drone', 'drone.00000.wav')},T-1,first\n"
+        "rel.ogg,T-2,\n"
+        f"{os.path.join(catalog, 'bad', 'text.mp3')},,third\n"
+    )
+    out = str(tmp_path / "labels")
+    s = label_catalog(f"manifest:{man}", out, model_dir=models["cnn"])
+    rows = {r["track_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert set(rows) == {"T-1", "T-2", "text"} and s["counts"]["files"] == 3
+    assert rows["T-2"]["uri"] == str(man.parent / "rel.ogg") and rows["T-2"]["genre"] in GENRES
+    assert rows["T-1"]["album"] == "first" and rows["T-2"]["album"] is None and rows["text"]["error"]
+    with pytest.raises(Exception, match="no 'uri' column"):
+        (tmp_path / "bad.csv").write_text("path\nx.wav\n")
+        label_catalog(f"manifest:{tmp_path / 'bad.csv'}", str(tmp_path / "o2"), model_dir=models["cnn"])
