@@ -280,6 +280,9 @@ def label_catalog(
     records = catalog_records(catalog, endpoint_url=endpoint_url)
     extras = [k for k in records[0] if k not in ("uri", "track_id")]
     schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id, extra_columns=extras)
+    if existing.columns and existing.columns != schema.names:
+        raise ConfigError(f"{output} was written with the columns {existing.columns}, this catalog gives "
+                          f"{schema.names}: use another OUTPUT, or --overwrite")
     todo = [r for r in records if r["uri"] not in existing.uris]
     log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
         f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")

@@ -225,6 +225,8 @@ class ExistingOutput:
         self.errors, self.marker = errors, marker
         #: part file → uris of its rows whose error may pass on a retry
         self.retryable = retryable or {}
+        #: column names of the existing files (empty when there are none)
+        self.columns: list[str] = []
 
     @property
     def empty(self) -> bool:
@@ -278,11 +280,13 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
     genres: list[str] = []
     errors = 0
     retryable: dict[str, list[str]] = {}
+    columns: list[str] = []
     for p in files:
         try:
             with fs.open(p, "rb") as fh:
                 pf = pq.ParquetFile(fh)
                 genres = genres or genres_of(pf.schema_arrow)
+                columns = columns or list(pf.schema_arrow.names)
                 t = pf.read(columns=["uri", "model_id", "error"])
         except (OSError, pa.ArrowInvalid, KeyError) as exc:
             raise StorageError(
@@ -296,8 +300,10 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
                  if e is not None and e.startswith(RETRYABLE_PREFIX)]
         if again:
             retryable[p] = again
-    return ExistingOutput(uris, model_ids, genres, files, errors, read_marker(uri, endpoint_url=endpoint_url),
-                          retryable)
+    out = ExistingOutput(uris, model_ids, genres, files, errors, read_marker(uri, endpoint_url=endpoint_url),
+                         retryable)
+    out.columns = columns
+    return out
 
 
 def drop_rows(output: str, part: str, uris: Sequence[str], *, endpoint_url: str | None = None) -> int:

@@ -7,13 +7,14 @@ import json
 
 from mgr.commands import add_ray_options, add_storage_options
 
-READ_HINT = (
-    "read the labels: df = pandas.read_parquet(OUTPUT)  (or pyarrow.parquet.read_table(OUTPUT)); "
-    "one row per catalog file: uri, track_id, genre, confidence, top_genres, top_probs, "
-    "probs (vocabulary order: json.loads(pyarrow.parquet.read_schema(FILE).metadata[b'mgr.genres'])), "
-    "segments (start_s, end_s, genre, confidence per window), duration_s, model_id, error, steps. "
-    "OUTPUT/_SUCCESS.json marks a finished run (counts, model id, vocabulary)."
-)
+READ_HINT = """\
+read the labels (one line):
+  df = pandas.read_parquet(OUTPUT)          # or: pyarrow.parquet.read_table(OUTPUT)
+one row per catalog file: uri, track_id, genre, confidence, top_genres, top_probs,
+probs (in vocabulary order), segments (start_s, end_s, genre, confidence per window),
+duration_s, decoded_s, model_id, error, steps (crnn --per-step), manifest columns.
+vocabulary: json.loads(pyarrow.parquet.read_schema(PART_FILE).metadata[b"mgr.genres"]);
+OUTPUT/_SUCCESS.json marks a finished run (counts, model id, vocabulary, windows)."""
 
 
 def register(sub) -> None:
@@ -25,16 +26,18 @@ def register(sub) -> None:
         "row per file to the labels dataset OUTPUT. Re-running the same command resumes: only files not "
         "yet in OUTPUT are labeled. Bad files get an `error` row and the job goes on.",
         epilog=READ_HINT,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("catalog", metavar="CATALOG", help="folder or s3:// prefix of audio files")
+    p.add_argument("catalog", metavar="CATALOG",
+                   help="folder or s3:// prefix of audio files, or manifest:FILE (CSV/Parquet with a uri column, "
+                   "optional track_id and columns to carry through)")
     p.add_argument("output", metavar="OUTPUT", help="folder or s3:// prefix of the labels dataset")
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model directory (mgr train / import-keras)")
     p.add_argument("--window-seconds", type=float, default=None,
                    help="window length (default: the model's input length, 30 s for the paper preset)")
     p.add_argument("--hop-seconds", type=float, default=None, help="hop between windows (default: half a window)")
-    p.add_argument("--top-k", type=int, default=3, help="genres kept in top_genres/top_probs")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
+    p.add_argument("--top-k", type=int, default=3, help="genres kept in top_genres/top_probs (default: 3)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (default: 64)")
     p.add_argument("--actors", default=None, metavar="MIN,MAX",
                    help="size range of the model actor pool (default: one per GPU, or one per 8 CPUs)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per model actor (0: run on CPU)")
@@ -50,8 +53,8 @@ def register(sub) -> None:
                    help="label again the files whose error was a storage/network one ('storage: ...')")
     p.add_argument("--overwrite", action="store_true", help="clear OUTPUT (even another model's labels) and relabel")
     p.add_argument("--max-seconds", type=float, default=3 * 3600.0,
-                   help="files longer than this get an error row instead of labels")
-    p.add_argument("--files-per-task", type=int, default=4, help="files decoded per Ray task")
+                   help="files longer than this get an error row instead of labels (default: 3 h)")
+    p.add_argument("--files-per-task", type=int, default=4, help="files decoded per Ray task (default: 4)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_ray_options(p)
     add_storage_options(p)
