@@ -11,6 +11,7 @@
 #        HEAD_CPUS, WORKER_CPUS  logical CPUs per node   (default 1 and 1)
 #        RAY              the ray executable            (default .venv/bin/ray, else ray)
 #        RAY_AUTH_MODE    token (default, as Ray 2.60) or disabled
+#        NODE_TIMEOUT_S   seconds each worker may take to join (default 120)
 #
 # Token authentication: the token is Ray's usual one (~/.ray/auth_token, created here
 # when missing; RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH are honoured); it is never printed.
@@ -78,25 +79,26 @@ for _ in $(seq 1 120); do
 done
 [ -n "$ready" ] || { echo "start-local.sh: the head did not come up; see $dir/head.log" >&2; exit 1; }
 
+count_nodes() { "$RAY" status --address="127.0.0.1:$ray_port" 2>/dev/null | grep -c ' node_' || true; }
+
+# One worker at a time: nodes of one machine share the session dir, and two starting at
+# once can race for the same socket names.
 for i in $(seq 1 "$workers"); do
   setsid "$RAY" start --block --address="127.0.0.1:$ray_port" \
     --node-ip-address=127.0.0.1 --num-cpus="$worker_cpus" \
     --dashboard-agent-listen-port="$(free_port)" --metrics-export-port="$(free_port)" --disable-usage-stats \
     > "$dir/worker-$i.log" 2>&1 < /dev/null &
-  echo "$! worker-$i" >> "$dir/pids"
+  pid=$!
+  echo "$pid worker-$i" >> "$dir/pids"
+  deadline=$((SECONDS + ${NODE_TIMEOUT_S:-120}))
+  until [ "$(count_nodes)" -ge $((i + 1)) ]; do
+    if ! alive "$pid" || [ "$SECONDS" -ge "$deadline" ]; then
+      echo "start-local.sh: worker-$i did not join; see $dir/worker-$i.log (cluster/stop-local.sh stops the rest)" >&2
+      exit 1
+    fi
+    sleep 1
+  done
 done
-
-want=$((workers + 1))
-nodes=0
-for _ in $(seq 1 120); do
-  nodes="$("$RAY" status --address="127.0.0.1:$ray_port" 2>/dev/null | grep -c ' node_' || true)"
-  [ "$nodes" -ge "$want" ] && break
-  sleep 1
-done
-if [ "$nodes" -lt "$want" ]; then
-  echo "start-local.sh: only $nodes of $want nodes joined; see $dir/*.log (cluster/stop-local.sh stops them)" >&2
-  exit 1
-fi
 
 cat <<MSG
 local Ray cluster up: 1 head + $workers worker(s) on 127.0.0.1 (auth: $RAY_AUTH_MODE)
