@@ -222,6 +222,9 @@ def _fit(cfg, train_t, y_train, val_t, y_val, *, output_uri, workers, use_gpu, m
     if use_gpu and not address and ray.cluster_resources().get("GPU", 0) < workers:
         raise ConfigError(f"--gpu asks for {workers} GPU worker(s) but this Ray has "
                           f"{int(ray.cluster_resources().get('GPU', 0))} GPU(s)")
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.print_on_execution_start = False  # one console line per epoch, not per dataset pass
+    data_ctx.enable_progress_bars = False
     train_ds = ray.data.from_arrow(_arrow_rows(train_t, y_train, blocks=8 * workers)).randomize_block_order()
     val_ds = ray.data.from_arrow(_arrow_rows(val_t, y_val, blocks=2 * workers))
     storage_path, storage_fs = _storage(output_uri, endpoint_url=endpoint_url)

@@ -9,6 +9,7 @@ through ``ray.train.report``; a restarted or re-run job resumes from the latest 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -89,6 +90,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    # one console line per epoch: silence the per-report INFO lines of Ray Train's worker context
+    # (that module names its logger after its file path)
+    from ray.train.v2._internal.execution import context as _train_context
+
+    logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     recipe = engine.TrainRecipe(**cfg["recipe"])

@@ -19,7 +19,7 @@ from mgr.modeldir import load_model_dir, save_model_dir
 
 
 def test_importing_models_does_not_import_ray():
-    code = "import sys, mgr.models, mgr.modeldir; print('ray' in sys.modules)"
+    code = "import sys, mgr.models, mgr.modeldir, mgr.engine, mgr.evaluate, mgr.train, mgr.train_loop, mgr.plots; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
