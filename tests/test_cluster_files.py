@@ -237,6 +237,7 @@ def test_local_cluster_scripts_start_and_stop_exactly_their_processes(tmp_path):
     env.update(
         MGR_CLUSTER_DIR=str(state), RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()),
         RAY=str(Path(sys.executable).parent / "ray"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",
     )
     bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:

@@ -87,6 +87,7 @@ def ray_head():
     dash, gcs = free_port(), free_port()
     env = _clean_env()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "5"  # SIGTERM: drain briefly, then stop
     log = tmp / "head.log"
     cmd = [
         str(BIN / "ray"), "start", "--head", "--block",
