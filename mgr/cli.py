@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit",
     "jobs": "jobs",
     "demo": "demo",
+    "reproduce": "reproduce",
 }
 
 
