@@ -40,6 +40,7 @@ __all__ = [
     "train_epoch",
     "predict_tracks",
     "classification_metrics",
+    "EarlyStopping",
 ]
 
 #: training recipes; ``paper`` trains as the paper did, ``mgr`` goes beyond it
@@ -139,6 +140,31 @@ def resolve_recipe(architecture: str, *, preset: str, feature_config: FeatureCon
     return TrainRecipe(architecture=architecture, preset=preset, window_frames=int(width), crop=crop, **base)
 
 
+@dataclass
+class EarlyStopping:
+    """Track the best val accuracy; ``finished`` after ``patience`` epochs without a better one.
+
+    ``patience`` None never stops. The fields are plain numbers so the state checkpoints.
+    """
+
+    patience: int | None
+    best: float = -1.0
+    best_epoch: int = -1
+    since_best: int = 0
+
+    def update(self, value: float, *, epoch: int) -> bool:
+        """Record ``value`` of ``epoch`` (0-based); return True when it is a new best."""
+        if value > self.best:
+            self.best, self.best_epoch, self.since_best = float(value), int(epoch), 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.patience) and self.since_best >= self.patience
+
+
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -236,13 +262,18 @@ def crop_batch(mels: Sequence[np.ndarray], *, width: int, pad: float,
 
 
 def iter_batches(mels: Sequence[np.ndarray], labels: np.ndarray, *, batch_size: int, width: int,
-                 pad: float, rng: np.random.Generator | None,
-                 shuffle: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """In-memory batches ``(x [B, n_mels, width] float32, y [B] int64)`` (the no-Ray feed)."""
+                 pad: float, rng: np.random.Generator | None, shuffle: bool = True,
+                 random_crop: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """In-memory batches ``(x [B, n_mels, width] float32, y [B] int64)`` (the no-Ray feed).
+
+    ``rng`` shuffles (``shuffle``) and places random crops (``random_crop``; else the first
+    ``width`` frames of each clip are taken).
+    """
     order = rng.permutation(len(mels)) if (shuffle and rng is not None) else np.arange(len(mels))
     for lo in range(0, len(order), batch_size):
         idx = order[lo: lo + batch_size]
-        yield crop_batch([mels[i] for i in idx], width=width, pad=pad, rng=rng), labels[idx].astype(np.int64)
+        x = crop_batch([mels[i] for i in idx], width=width, pad=pad, rng=rng if random_crop else None)
+        yield x, labels[idx].astype(np.int64)
 
 
 def _normalizer(mean, std, device):

@@ -111,16 +111,16 @@ def train_loop_per_worker(cfg: dict) -> None:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     history = list(state["history"]) if state else []
-    best = {
-        "val_accuracy": state["best_val_accuracy"] if state else -1.0,
-        "epoch": state["best_epoch"] if state else -1,
-        "weights": state["best_model"] if state else None,
-    }
-    since_best = state["since_best"] if state else 0
+    stopper = engine.EarlyStopping(recipe.patience)
+    best_weights = None
+    if state is not None:
+        stopper = engine.EarlyStopping(recipe.patience, best=state["best_val_accuracy"],
+                                       best_epoch=state["best_epoch"], since_best=state["since_best"])
+        best_weights = state["best_model"]
     start = state["epoch"] + 1 if state else 0
     if state is not None and rank == 0:
         say(f"mgr train: resuming after epoch {start} (best val accuracy "
-            f"{best['val_accuracy']:.3f} at epoch {best['epoch'] + 1})")
+            f"{stopper.best:.3f} at epoch {stopper.best_epoch + 1})")
     if state is not None and (state["finished"] or start >= recipe.epochs):
         if rank == 0:
             say("mgr train: nothing left to train in this OUTPUT")
@@ -150,19 +150,15 @@ def train_loop_per_worker(cfg: dict) -> None:
         loss_sum, correct, count = _all_reduce([stats["loss_sum"], stats["correct"], stats["count"]],
                                                device, world)
         val_acc = _val_accuracy(core, val_iter, cfg=cfg, recipe=recipe, device=device, rank=rank, world=world)
-        if val_acc > best["val_accuracy"]:
-            best = {"val_accuracy": val_acc, "epoch": epoch,
-                    "weights": {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}}
-            since_best = 0
-        else:
-            since_best += 1
-        finished = bool(recipe.patience and since_best >= recipe.patience)
+        if stopper.update(val_acc, epoch=epoch):
+            best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        finished = stopper.finished
         metrics = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(count, 1.0),
             "accuracy": correct / max(count, 1.0),
             "val_accuracy": val_acc,
-            "best_val_accuracy": best["val_accuracy"],
+            "best_val_accuracy": stopper.best,
             "lr": optimizer.param_groups[0]["lr"],
             "time_s": round(time.perf_counter() - t0, 3),
             "samples": int(count),
@@ -178,10 +174,10 @@ def train_loop_per_worker(cfg: dict) -> None:
                     "model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch,
-                    "best_model": best["weights"],
-                    "best_val_accuracy": best["val_accuracy"],
-                    "best_epoch": best["epoch"],
-                    "since_best": since_best,
+                    "best_model": best_weights,
+                    "best_val_accuracy": stopper.best,
+                    "best_epoch": stopper.best_epoch,
+                    "since_best": stopper.since_best,
                     "history": history,
                     "finished": finished,
                 }, os.path.join(tmp, STATE_FILE))

@@ -151,3 +151,17 @@ def test_cpu_device_and_no_autocast():
     with engine.autocast(dev):
         assert not torch.is_autocast_enabled()
     assert not engine.make_scaler(dev).is_enabled()
+
+
+def test_early_stopping_counts_epochs_without_a_better_val_accuracy():
+    stop = engine.EarlyStopping(2)
+    assert stop.update(0.5, epoch=0) and not stop.finished
+    assert not stop.update(0.5, epoch=1) and not stop.finished  # equal is not better
+    assert stop.update(0.7, epoch=2) and stop.since_best == 0 and stop.best_epoch == 2
+    stop.update(0.6, epoch=3)
+    stop.update(0.6, epoch=4)
+    assert stop.finished and stop.best == 0.7
+    never = engine.EarlyStopping(None)
+    for e in range(50):
+        never.update(0.1, epoch=e)
+    assert not never.finished
