@@ -230,7 +230,7 @@ def build_results(runs: list[dict], *, dataset: str, split: str, seeds: Sequence
         "extraction": extraction or {},
         "paper_note": PAPER_NOTES.get((dataset, split), ""),
         "table": table_rows(runs, dataset=dataset, split=split),
-        "runs": sorted(runs, key=lambda r: (r["seed"], r["model"], r["recipe"])),
+        "runs": sorted(runs, key=lambda r: (r["seed"], r["model"] != "crnn", r["recipe"] != "paper")),
         "confusion": summed_confusions(runs),
         "scaling": scaling_rows(scaling),
         "figures": list(figures),
