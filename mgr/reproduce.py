@@ -159,7 +159,7 @@ def _train_kwargs(recipe: str, *, crop_seconds, model_options) -> dict:
 def reproduce(dataset: str, data_uri: str, output_uri: str, *, seeds: int = 3, workers: int = 2,
               use_gpu: bool = False, epochs: int | None = None, split: str = "random", tracks: str | None = None,
               models: Sequence[str] = MODEL_ORDER, recipes: Sequence[str] = RECIPES,
-              scaling_workers: Sequence[int] | None = None, scaling_epochs: int = 2,
+              scaling_workers: Sequence[int] | None = None, scaling_epochs: int = 3,
               scaling_run: tuple[str, str] = ("cnn", "paper"), figure_clips: int = 4,
               crop_seconds: float | None = None, model_options: dict | None = None,
               address: str | None = None, num_cpus: int | None = None, endpoint_url: str | None = None,

@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--recipes", default="paper,mgr", help="training recipes (paper, mgr)")
     p.add_argument("--scaling-workers", default=None,
                    help="worker counts of the throughput runs, e.g. 1,2,4 or none (default: 1, 2, 4, ... --workers)")
-    p.add_argument("--scaling-epochs", type=int, default=2, help="epochs of each throughput run")
+    p.add_argument("--scaling-epochs", type=int, default=3, help="epochs of each throughput run")
     p.add_argument("--figure-clips", type=int, default=4, help="test clips drawn per crnn recipe (Figures 6-7)")
     p.add_argument("--json", action="store_true", help="print the results table as one JSON object")
     add_ray_options(p)
