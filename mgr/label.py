@@ -265,24 +265,24 @@ def label_catalog(
     if existing.marker and existing.marker.get("model_id"):
         foreign.add(existing.marker["model_id"])
     foreign.discard(loaded.model_id)
+    if foreign and not overwrite:
+        raise ConfigError(f"{output} holds labels of model {sorted(foreign)[0]}, not {loaded.model_id}: "
+                          "use another OUTPUT, or --overwrite to replace them")
+    records = catalog_records(catalog, endpoint_url=endpoint_url)  # before anything in OUTPUT changes
+    extras = [k for k in records[0] if k not in ("uri", "track_id")]
+    schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id, extra_columns=extras)
     if overwrite:
         _clear_output(output, existing, endpoint_url=endpoint_url)
         existing = labelset.read_existing(output, endpoint_url=endpoint_url)
-    elif foreign:
-        raise ConfigError(f"{output} holds labels of model {sorted(foreign)[0]}, not {loaded.model_id}: "
-                          "use another OUTPUT, or --overwrite to replace them")
+    elif existing.columns and existing.columns != schema.names:
+        raise ConfigError(f"{output} was written with the columns {existing.columns}, this catalog gives "
+                          f"{schema.names}: use another OUTPUT, or --overwrite")
     retried: set[str] = set()
     if retry_errors and existing.retryable:
         for part, uris in existing.retryable.items():
             labelset.drop_rows(output, part, uris, endpoint_url=endpoint_url)
             retried.update(uris)
         existing = labelset.read_existing(output, endpoint_url=endpoint_url)
-    records = catalog_records(catalog, endpoint_url=endpoint_url)
-    extras = [k for k in records[0] if k not in ("uri", "track_id")]
-    schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id, extra_columns=extras)
-    if existing.columns and existing.columns != schema.names:
-        raise ConfigError(f"{output} was written with the columns {existing.columns}, this catalog gives "
-                          f"{schema.names}: use another OUTPUT, or --overwrite")
     todo = [r for r in records if r["uri"] not in existing.uris]
     log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
         f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")
@@ -294,8 +294,9 @@ def label_catalog(
         run = _run_pipeline(todo, output, model_dir=model_dir, schema=schema, feature_config=cfg.to_dict(),
                             width=width, hop=hop, top_k=top_k, batch_size=batch_size, actors=actors,
                             gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, per_step=per_step,
-                            max_windows=max_windows, min_confidence=min_confidence, max_seconds=max_seconds, files_per_task=files_per_task, rows_per_file=rows_per_file,
-                            address=address, num_cpus=num_cpus, endpoint_url=endpoint_url)
+                            max_windows=max_windows, min_confidence=min_confidence, max_seconds=max_seconds,
+                            files_per_task=files_per_task, rows_per_file=rows_per_file, address=address,
+                            num_cpus=num_cpus, endpoint_url=endpoint_url)
     seconds = time.perf_counter() - t0
     broken = sorted(retried & set(run.pop("error_uris")))
     run.update(retried=len(retried), still_broken=len(broken), still_broken_examples=broken[:5])
