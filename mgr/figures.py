@@ -144,7 +144,8 @@ def write_step_figures(model_dir: str, features_uri: str, out_uri: str, *, n_cli
         fc = loaded.feature_config
         png = step_distribution_png(probs, genres=loaded.genres, seconds_per_step=sps, true_genre=labels[i],
                                     audio_seconds=mel.shape[1] * fc.hop_length / fc.sr,
-                                    title=f"{prefix}: {ids[i]} (true {labels[i]}; whole-clip weighted average: {clip_pred})")
+                                    title=f"{prefix}: {ids[i]} (true {labels[i]}; "
+                                          f"whole-clip weighted average: {clip_pred})")
         uri = storage.join(out_uri, f"{_safe(prefix)}-{_safe(str(ids[i]))}.png")
         _write_bytes(uri, png, endpoint_url=endpoint_url)
         written.append(uri)

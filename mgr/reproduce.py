@@ -44,7 +44,7 @@ def _say(verbose: bool, line: str) -> None:
 
 
 def find_tracks_csv(data_uri: str, *, endpoint_url: str | None = None) -> str:
-    """FMA's ``tracks.csv`` next to the audio: ``DATA/tracks.csv``, ``DATA/fma_metadata/``, ``DATA/../fma_metadata/``."""
+    """FMA's ``tracks.csv`` next to the audio: in DATA, DATA/fma_metadata or DATA/../fma_metadata."""
     parent = data_uri.rstrip("/").rsplit("/", 1)[0] if "/" in data_uri.rstrip("/") else "."
     candidates = [storage.join(data_uri, "tracks.csv"), storage.join(data_uri, "fma_metadata", "tracks.csv"),
                   storage.join(parent, "fma_metadata", "tracks.csv")]
@@ -147,6 +147,36 @@ def throughput(history: Sequence[dict]) -> dict[str, Any]:
     measured = list(history[1:] if len(history) > 1 else history)
     return {"samples": int(sum(h["samples"] for h in measured)),
             "epoch_seconds": float(sum(h["time_s"] for h in measured)), "epochs_measured": len(measured)}
+
+
+def _finished_run(model_dir: str, *, features: str, model: str, recipe: str, epochs: int | None, seed: int,
+                  endpoint_url: str | None) -> dict | None:
+    """The train summary of a finished run in ``model_dir`` made with these settings, else None.
+
+    A model directory is written only after its training finished; ``report.json`` holds its
+    test evaluation. A run asked for with other epochs, seed or features is trained (resumed) again.
+    """
+    from mgr.engine import RECIPE_PRESETS
+    from mgr.errors import MgrError
+    from mgr.modeldir import read_spec
+
+    try:
+        spec = read_spec(model_dir, endpoint_url=endpoint_url)
+        fs, path = storage.filesystem(storage.join(model_dir, "report.json"), endpoint_url=endpoint_url)
+        with fs.open(path, "rb") as fh:
+            report = json.loads(fh.read())
+    except (MgrError, OSError, ValueError):
+        return None
+    prov = spec.get("provenance", {})
+    rec = prov.get("recipe", {})
+    want = epochs if epochs is not None else RECIPE_PRESETS[recipe][model]["epochs"]
+    if (prov.get("features") != features or rec.get("epochs") != want or rec.get("seed") != seed
+            or rec.get("preset") != recipe or spec.get("architecture") != model or not report.get("test")):
+        return None
+    m = spec.get("metrics", {})
+    return {"output": model_dir, "test": report["test"], "epochs_trained": m.get("epochs_trained"),
+            "best_epoch": m.get("best_epoch"), "best_val_accuracy": m.get("best_val_accuracy"),
+            "test_accuracy": report["test"]["accuracy"], "seconds": None, "reused": True}
 
 
 def _train_kwargs(recipe: str, *, crop_seconds, model_options) -> dict:
@@ -267,8 +297,10 @@ def _run(dataset, data_uri, output_uri, *, features, labels, seeds, split, setti
         for model in settings["models"]:
             for recipe in settings["recipes"]:
                 out = storage.join(output_uri, f"seed-{seed}", f"{model}-{recipe}")
-                _say(verbose, f"seed {seed}: training {model}/{recipe} into {out}")
-                summary = train(feat, out, model=model, preset=recipe, workers=settings["workers"],
+                summary = _finished_run(out, features=feat, model=model, recipe=recipe, epochs=settings["epochs"],
+                                        seed=seed, endpoint_url=endpoint_url)
+                _say(verbose, f"seed {seed}: {'reusing' if summary else 'training'} {model}/{recipe} in {out}")
+                summary = summary or train(feat, out, model=model, preset=recipe, workers=settings["workers"],
                                 use_gpu=settings["use_gpu"], epochs=settings["epochs"], average="weighted",
                                 seed=seed, address=address, endpoint_url=endpoint_url, verbose=verbose,
                                 **_train_kwargs(recipe, crop_seconds=crop_seconds, model_options=model_options))
@@ -289,15 +321,19 @@ def _run(dataset, data_uri, output_uri, *, features, labels, seeds, split, setti
     for k in scaling:
         out = storage.join(output_uri, "scaling",
                            f"{scaling_model}-{scaling_recipe}-w{k}{'-gpu' if settings['use_gpu'] else ''}")
-        _say(verbose, f"throughput: {scaling_model}/{scaling_recipe} with {k} worker(s), {scaling_epochs} epoch(s)")
+        reused = _finished_run(out, features=features, model=scaling_model, recipe=scaling_recipe,
+                               epochs=scaling_epochs, seed=0, endpoint_url=endpoint_url)
+        _say(verbose, f"throughput: {'reusing' if reused else 'measuring'} {scaling_model}/{scaling_recipe} with "
+             f"{k} worker(s), {scaling_epochs} epoch(s)")
         w0 = time.perf_counter()
-        train(features, out, model=scaling_model, preset=scaling_recipe, workers=k, use_gpu=settings["use_gpu"],
-              epochs=scaling_epochs, patience=None, seed=0, address=address, endpoint_url=endpoint_url,
-              verbose=verbose, **_train_kwargs(scaling_recipe, crop_seconds=crop_seconds,
-                                               model_options=model_options))
+        if not reused:
+            train(features, out, model=scaling_model, preset=scaling_recipe, workers=k, use_gpu=settings["use_gpu"],
+                  epochs=scaling_epochs, patience=None, seed=0, address=address, endpoint_url=endpoint_url,
+                  verbose=verbose, **_train_kwargs(scaling_recipe, crop_seconds=crop_seconds,
+                                                   model_options=model_options))
         measurements.append({"workers": k, "use_gpu": settings["use_gpu"], "model": scaling_model,
                              "recipe": scaling_recipe, "epochs": scaling_epochs, "model_dir": out,
-                             "wall_s": round(time.perf_counter() - w0, 2),
+                             "wall_s": None if reused else round(time.perf_counter() - w0, 2),
                              **throughput(_read_history(out, endpoint_url=endpoint_url))})
     results = write_results()
     _say(verbose, f"wrote {storage.join(output_uri, 'results.md')} ({results['seconds']:.0f} s)")

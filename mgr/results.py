@@ -288,7 +288,8 @@ def render_markdown(results: dict, *, root: str = "") -> str:
                   "|---|---|---|---|---|---|---|"]
         for m in results["scaling"]:
             lines.append(f"| {m['workers']} | {'GPU' if m.get('use_gpu') else 'CPU'} | {m['samples_per_s']:.1f} "
-                         f"| {m['speedup']:.2f}× | {m['samples']} | {m['epoch_seconds']:.2f} | {m['wall_s']:.1f} |")
+                         f"| {m['speedup']:.2f}× | {m['samples']} | {m['epoch_seconds']:.2f} "
+                         f"| {'—' if m.get('wall_s') is None else format(m['wall_s'], '.1f')} |")
         lines += ["", f"Model {results['scaling'][0].get('model', 'cnn')}/{results['scaling'][0].get('recipe', '')}"
                   f", {results['scaling'][0].get('epochs')} epoch(s) per worker count; samples/s = train clips "
                   "seen / epoch wall time (which includes the val scoring), after the first epoch when there "

@@ -68,7 +68,8 @@ def test_markdown_shows_the_table_numbers_runs_and_throughput():
     assert results["confusion"][0]["matrix"] == [[2, 0], [0, 2]]
     md = render_markdown(results, root="/out")
     row = results["table"][0]
-    assert f"| {pct(row['mean'])} ± {pct(row['std'])} | 73.1, 75.1 | 74.0 | 100 | ±{pct(row['ci95_halfwidth'])} |" in md
+    half = pct(row["ci95_halfwidth"])
+    assert f"| {pct(row['mean'])} ± {pct(row['std'])} | 73.1, 75.1 | 74.0 | 100 | ±{half} |" in md
     assert "(seed-1/cnn-paper/learning_curves.png)" in md and "(figures/x.png)" in md
     assert "| 2 | CPU | 200.0 | 1.50× |" in md
     assert "with 100 test clips" in md and "±8.6 points" in md
@@ -252,4 +253,11 @@ def test_reproduce_fma_official_split_two_seeds_from_the_cli(ray_local, tmp_path
     assert row["paper"] is None and "not comparable" in on_disk["paper_note"]
     assert f"Model 2 (cnn), paper recipe: {pct(row['mean'])} ± {pct(row['std'])} %" in printed
     assert on_disk["scaling"] == [] and on_disk["figures"] == []
-    assert os.path.exists(os.path.join(out, "results.md"))
+    # the same command again resumes: nothing is trained again, the table is the same
+    weights = os.path.join(out, "seed-1", "cnn-paper", "model.pt")
+    before = os.path.getmtime(weights)
+    assert main(["reproduce", "fma", out, "--data", data, "--split", "official", "--seeds", "2", "--workers", "1",
+                 "--epochs", "1", "--models", "cnn", "--recipes", "paper", "--scaling-workers", "none"]) == 0
+    assert "reusing cnn/paper" in capsys.readouterr().out
+    again = json.load(open(os.path.join(out, "results.json")))
+    assert os.path.getmtime(weights) == before and again["table"] == on_disk["table"]
