@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: job kinds that ``mgr submit`` knows; each is ``jobs/<kind>.py`` in the project
-KINDS = ("extract", "train", "label")
+KINDS = ("extract", "train", "label", "reproduce")
 
 #: working_dir excludes (gitignore syntax): never upload environments, history or data
 EXCLUDES = [

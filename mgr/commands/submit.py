@@ -18,7 +18,7 @@ from mgr.errors import ConfigError, JobError
 __all__ = ["register", "run", "split_submit_options", "job_arguments"]
 
 #: options whose value is a local path (made absolute) besides the positionals, per kind
-PATH_OPTIONS = {"label": {"--model"}}
+PATH_OPTIONS = {"label": {"--model"}, "reproduce": {"--data", "--tracks"}}
 
 EPILOG = """\
 examples:
@@ -119,7 +119,8 @@ def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Names
     kind_parser = sub.choices[kind]
     kind_parser.prog = f"mgr submit {kind}"
     ns = kind_parser.parse_args(rest)  # a bad option: argparse's usage line and exit 2
-    positional = [a for a in kind_parser._actions if not a.option_strings and a.dest != "help"]
+    # positionals with fixed choices (reproduce's gtzan|fma) are names, not paths
+    positional = [a for a in kind_parser._actions if not a.option_strings and a.dest != "help" and not a.choices]
     values = []
     for action in positional:
         value = getattr(ns, action.dest, None)
@@ -165,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"where ARGS are those of `mgr {args.kind}`:\n")
         build_parser(args.kind).parse_args([args.kind, "--help"])  # prints and exits 0
     job_args, ns, values = job_arguments(args.kind, rest)
+    if args.kind == "reproduce" and len(values) == 1:
+        values = [_absolute(ns.data), values[0]]  # reproduce's input is --data DIR
     if len(values) < 2:
         raise ConfigError(f"mgr submit {args.kind}: give the input and output as for `mgr {args.kind}`")
     client = JobsClient(opts["address"])
