@@ -68,19 +68,25 @@ def _maybe_fail(cfg: dict, *, epoch: int, rank: int) -> None:
     os._exit(1)
 
 
-def _val_accuracy(model, val_iter, *, cfg, recipe, device, rank, world) -> float:
+def _val_rows(val_iter, *, n_mels: int, rank: int, world: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """This worker's share of the val split (rows ``idx % world == rank``), read once."""
     mels, labels = [], []
     for batch in val_iter.iter_batches(batch_size=64, batch_format="numpy"):
         keep = np.flatnonzero(batch["idx"] % world == rank)
         if keep.size:
             sub = {k: batch[k][keep] for k in ("mel", "n_frames")}
-            mels.extend(_decode(sub, cfg["n_mels"]))
+            mels.extend(_decode(sub, n_mels))
             labels.extend(batch["y"][keep].tolist())
+    return mels, np.asarray(labels, dtype=np.int64)
+
+
+def _val_accuracy(model, mels, labels, *, cfg, recipe, device, world) -> float:
+    """Val accuracy over all workers (window voting on each worker's share, sums all-reduced)."""
     correct = 0.0
     if mels:
         probs = engine.predict_tracks(model, mels, width=recipe.window_frames, pad=cfg["pad_value"],
                                       mean=cfg["mean"], std=cfg["std"], device=device)
-        correct = float((probs.argmax(1) == np.asarray(labels)).sum())
+        correct = float((probs.argmax(1) == labels).sum())
     total_correct, total = _all_reduce([correct, float(len(labels))], device, world)
     return total_correct / max(total, 1.0)
 
@@ -128,20 +134,29 @@ def train_loop_per_worker(cfg: dict) -> None:
     per_worker = max(1, recipe.batch_size // world)
     steps = max(1, -(-cfg["n_train"] // world // per_worker))
     train_shard = ray.train.get_dataset_shard("train")
-    val_iter = ray.train.get_dataset_shard("val")
+    val_mels, val_labels = _val_rows(ray.train.get_dataset_shard("val"), n_mels=cfg["n_mels"], rank=rank,
+                                     world=world)
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
         engine.set_seed(recipe.seed * 100003 + epoch * 1009 + rank)
         rng = np.random.default_rng([recipe.seed, epoch, rank])
 
+        data_s = [0.0]
+
         def batches():
-            for b in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy",
-                                              local_shuffle_buffer_size=max(4 * per_worker, 256),
-                                              local_shuffle_seed=recipe.seed * 7919 + epoch):
+            it = iter(train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", prefetch_batches=2,
+                                               local_shuffle_buffer_size=max(4 * per_worker, 256),
+                                               local_shuffle_seed=recipe.seed * 7919 + epoch))
+            while True:
+                t_data = time.perf_counter()
+                b = next(it, None)
+                if b is None:
+                    return
                 _maybe_fail(cfg, epoch=epoch, rank=rank)
                 mels = _decode(b, cfg["n_mels"])
                 x = engine.crop_batch(mels, width=recipe.window_frames, pad=cfg["pad_value"],
                                       rng=rng if recipe.crop else None)
+                data_s[0] += time.perf_counter() - t_data
                 yield x, b["y"].astype(np.int64)
 
         stats = engine.train_epoch(model, batches(), optimizer=optimizer, recipe=recipe, epoch=epoch,
@@ -149,7 +164,9 @@ def train_loop_per_worker(cfg: dict) -> None:
                                    scaler=scaler)
         loss_sum, correct, count = _all_reduce([stats["loss_sum"], stats["correct"], stats["count"]],
                                                device, world)
-        val_acc = _val_accuracy(core, val_iter, cfg=cfg, recipe=recipe, device=device, rank=rank, world=world)
+        t_val = time.perf_counter()
+        val_acc = _val_accuracy(core, val_mels, val_labels, cfg=cfg, recipe=recipe, device=device, world=world)
+        val_s = time.perf_counter() - t_val
         if stopper.update(val_acc, epoch=epoch):
             best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
         finished = stopper.finished
@@ -161,6 +178,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             "best_val_accuracy": stopper.best,
             "lr": optimizer.param_groups[0]["lr"],
             "time_s": round(time.perf_counter() - t0, 3),
+            "data_s": round(data_s[0], 3),
+            "val_s": round(val_s, 3),
             "samples": int(count),
             "workers": world,
         }

@@ -98,7 +98,8 @@ def ray_train(features: str, *, model: str, preset: str, epochs: int, workers: i
     timed = times[1:] or times
     n = history[0]["samples"]
     return {"kind": "ray_train", "workers": workers, "n_train": n, "epochs": epochs,
-            "epoch_s": times, "samples_per_s": round(n / float(np.median(timed)), 2),
+            "epoch_s": times, "data_s": [h["data_s"] for h in history], "val_s": [h["val_s"] for h in history],
+            "samples_per_s": round(n / float(np.median(timed)), 2),
             "samples_per_s_best": round(n / min(timed), 2),
             "wall_s": round(wall, 2), "fixed_overhead_s": round(wall - sum(times), 2),
             "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": summary["test_accuracy"]}
@@ -111,7 +112,7 @@ def main() -> int:
     ap.add_argument("--preset", default="paper", choices=["paper", "mgr"])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's)")
     ap.add_argument("--crop-seconds", type=float, default=None)
     ap.add_argument("--clips", type=int, default=24, help="generated clips per genre in the train split")
     ap.add_argument("--device", default="cpu")
