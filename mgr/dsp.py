@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["hz_to_mel", "mel_to_hz", "mel_filters", "power_stft"]
+__all__ = ["hz_to_mel", "mel_to_hz", "mel_filters", "power_frames", "power_stft"]
 
 _F_SP = 200.0 / 3  # Slaney: linear below 1 kHz
 _MIN_LOG_HZ = 1000.0
@@ -59,39 +59,39 @@ def mel_filters(*, sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: fl
 
 @functools.lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
-    # periodic Hann (scipy.signal.get_window("hann", n, fftbins=True)), float64 as librosa uses
+    # periodic Hann, as scipy.signal.get_window("hann", n, fftbins=True) that librosa uses
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
 
 
-def power_stft(y: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0, block: int = 4096) -> np.ndarray:
-    """``|STFT|**power`` of centred, zero-padded frames with a periodic Hann window.
+def power_frames(y: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0, block: int = 4096) -> np.ndarray:
+    """``|STFT|**power`` frame-major: ``[1 + n_samples // hop_length, 1 + n_fft // 2]`` float32.
 
-    Parameters
-    ----------
-    y : np.ndarray
-        ``[n_samples]`` float32 audio.
-    n_fft, hop_length : int
-        Frame size and hop.
-    power : float
-        Exponent of the magnitude.
-    block : int
-        Frames transformed at once (bounds memory for hour-long files).
-
-    Returns
-    -------
-    np.ndarray
-        ``[1 + n_fft // 2, 1 + n_samples // hop_length]`` float32, as
-        ``np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length, pad_mode="constant")) ** power``.
+    Centred, zero-padded frames with a periodic Hann window, as
+    ``np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length, pad_mode="constant")).T ** power``;
+    frame-major so that no transposing copy is needed before the mel projection.
+    ``block`` frames are transformed at once (bounds memory for hour-long files).
     """
+    import scipy.fft
+
     pad = n_fft // 2
     padded = np.zeros(len(y) + 2 * pad, dtype=np.float32)
     padded[pad: pad + len(y)] = y
     n_frames = 1 + len(y) // hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
     window = _hann(n_fft)
-    out = np.empty((1 + n_fft // 2, n_frames), dtype=np.float32)
+    out = np.empty((n_frames, 1 + n_fft // 2), dtype=np.float32)
     for s in range(0, n_frames, block):
-        spec = np.fft.rfft(window * frames[s: s + block], axis=-1).astype(np.complex64)
-        mag = np.abs(spec)
-        out[:, s: s + block] = (mag**2 if power == 2.0 else mag**power).T
+        # float64 as librosa computes it (a float32 FFT is faster but its rounding noise, though
+        # 1e-7 of a frame's peak, moves the log of quiet bands by up to ~1 nat); scipy's
+        # pocketfft is ~1.5x faster than numpy's for these sizes
+        spec = scipy.fft.rfft(window * frames[s: s + block], axis=-1, workers=1)
+        if power == 2.0:
+            np.add(spec.real * spec.real, spec.imag * spec.imag, out=out[s: s + block], casting="same_kind")
+        else:
+            out[s: s + block] = np.abs(spec) ** power
     return out
+
+
+def power_stft(y: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0) -> np.ndarray:
+    """:func:`power_frames` band-major: ``[1 + n_fft // 2, 1 + n_samples // hop_length]``."""
+    return np.ascontiguousarray(power_frames(y, n_fft=n_fft, hop_length=hop_length, power=power).T)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import random
 import time
 from collections import Counter
 from typing import Any
@@ -22,23 +21,14 @@ from mgr.audio import DEFAULT_MAX_SECONDS
 from mgr.config import get_preset
 from mgr.errors import JobError, MgrError, StorageError
 from mgr.featureset import MANIFEST_NAME, read_table, write_manifest
+from mgr.parts import list_parts, write_part
 from mgr.sources import parse_labels_spec, records_for
 from mgr.sources.split import assign_splits, parse_ratios
 
-__all__ = ["extract", "error_kind", "pyarrow_filesystem"]
+__all__ = ["extract", "error_kind", "balanced_blocks"]
 
 #: files per Ray task: large enough to amortise task overhead, small enough to balance
-FILES_PER_TASK = 16
-
-
-def pyarrow_filesystem(uri: str, *, endpoint_url: str | None = None):
-    """``(pyarrow filesystem or None, path)`` for Ray Data's readers and writers."""
-    if not storage.is_remote(uri):
-        return None, storage.filesystem(uri)[1]
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-    return PyFileSystem(FSSpecHandler(fs)), path
+FILES_PER_TASK = 32
 
 
 def error_kind(message: str) -> str:
@@ -47,25 +37,24 @@ def error_kind(message: str) -> str:
 
 
 def _existing_uris(output: str, *, endpoint_url: str | None) -> tuple[set[str], bool]:
-    """Uris already extracted into OUTPUT, and whether features.json marks it finished."""
+    """Uris already extracted into OUTPUT, and whether its metadata marks it finished
+    (leftover temporary files of a crash are removed)."""
+    import pyarrow.parquet as pq
+
     fs, path = storage.filesystem(output, endpoint_url=endpoint_url)
     try:
-        if not fs.exists(path):
-            return set(), False
-        files = [p for p in fs.find(path) if p.endswith(".parquet")]
+        files, tmp = list_parts(fs, path)
+        for f in tmp:
+            fs.rm(f)
         finished = fs.exists(storage.join(path, MANIFEST_NAME))
     except OSError as exc:
         raise StorageError(f"cannot list OUTPUT {output}: {exc}") from None
-    if not files:
-        return set(), finished
     uris: set[str] = set()
-    import pyarrow.parquet as pq
-
     for f in files:
         try:
             uris.update(pq.read_table(f, columns=["uri"], filesystem=fs).column("uri").to_pylist())
         except (OSError, pa.ArrowInvalid):
-            fs.rm(f)  # a file cut short by a crash: its rows are redone
+            fs.rm(f)  # not a complete Parquet file: its rows are redone
     return uris, finished
 
 
@@ -134,52 +123,130 @@ def extract(
     ratios = parse_ratios(split)
     kind, _ = parse_labels_spec(labels)
     started = time.time()
-    uris = storage.list_audio(input_uri, endpoint_url=endpoint_url)
+    listed = storage.list_audio_sizes(input_uri, endpoint_url=endpoint_url)
+    sizes = dict(listed)
+    uris = [u for u, _ in listed]
     if not uris:
         raise StorageError(f"no audio files found under {input_uri} (extensions: {', '.join(storage.AUDIO_EXTENSIONS)})")
     records = records_for(labels, uris, subset=subset, endpoint_url=endpoint_url, input_uri=input_uri)
     keep_source = official_split or kind == "manifest"
     assign_splits(records, ratios=ratios, seed=seed, group_by=group_by, keep_source_split=keep_source)
 
-    if overwrite:
-        _clear(output_uri, endpoint_url=endpoint_url)
-    done, _ = _existing_uris(output_uri, endpoint_url=endpoint_url)
-    todo = [r for r in records if r["uri"] not in done]
-    random.Random(seed).shuffle(todo)  # spread long songs over tasks
+    # one writer at a time: two runs would both extract the missing files (duplicate rows)
+    with storage.output_lock(output_uri, command="mgr extract", endpoint_url=endpoint_url):
+        if overwrite:
+            _clear(output_uri, endpoint_url=endpoint_url)
+        done, finished = _existing_uris(output_uri, endpoint_url=endpoint_url)
+        todo = [r for r in records if r["uri"] not in done]
 
-    if todo:
-        _run_pipeline(todo, output_uri, cfg=cfg, max_seconds=max_seconds, files_per_task=files_per_task,
-                      address=address, num_cpus=num_cpus, endpoint_url=endpoint_url)
-    elapsed = time.time() - started
-    manifest = _finish(records, output_uri, cfg=cfg, labels=labels, seed=seed, ratios=ratios,
-                       group_by=group_by, official_split=official_split, endpoint_url=endpoint_url)
-    manifest["run"] = {
-        "files_extracted": len(todo),
-        "files_skipped_already_done": len(records) - len(todo),
-        "seconds": round(elapsed, 3),
-        "files_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 else None,
-    }
-    write_manifest(output_uri, manifest, endpoint_url=endpoint_url)
+        if todo:
+            if finished:  # the old features.json no longer describes OUTPUT until this run ends
+                _drop_manifest(output_uri, endpoint_url=endpoint_url)
+            _run_pipeline(todo, output_uri, sizes=sizes, cfg=cfg, max_seconds=max_seconds,
+                          files_per_task=files_per_task, address=address, num_cpus=num_cpus,
+                          endpoint_url=endpoint_url)
+            # the workers wrote new files: a listing cached before the run must not hide them
+            fs_out, out_path = storage.filesystem(output_uri, endpoint_url=endpoint_url)
+            fs_out.invalidate_cache(out_path)
+        elapsed = time.time() - started
+        manifest = _finish(records, output_uri, cfg=cfg, labels=labels, seed=seed, ratios=ratios,
+                           group_by=group_by, official_split=official_split, endpoint_url=endpoint_url)
+        manifest["run"] = {
+            "files_extracted": len(todo),
+            "files_skipped_already_done": len(records) - len(todo),
+            "seconds": round(elapsed, 3),
+            "files_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 else None,
+        }
+        write_manifest(output_uri, manifest, endpoint_url=endpoint_url)
     return manifest
 
 
-def _run_pipeline(todo, output_uri, *, cfg, max_seconds, files_per_task, address, num_cpus, endpoint_url):
+def _drop_manifest(output: str, *, endpoint_url: str | None) -> None:
+    fs, path = storage.filesystem(storage.join(output, MANIFEST_NAME), endpoint_url=endpoint_url)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot update {output}: {exc}") from None
+
+
+#: decoding cost per byte relative to PCM (compressed formats hold more audio per byte)
+_COST_PER_BYTE = {".mp3": 10.0, ".ogg": 10.0, ".oga": 10.0, ".opus": 12.0, ".m4a": 10.0, ".flac": 2.0}
+
+
+def balanced_blocks(records: list[dict], sizes: dict[str, int], n_blocks: int) -> list[list[dict]]:
+    """Split ``records`` into ``n_blocks`` blocks of about equal decoding work.
+
+    Longest-processing-time-first: files sorted by estimated cost (size × a per-format
+    factor) go one by one to the block with the least work so far, so one block of long
+    songs does not keep a single worker busy while the others idle at the end.
+    """
+    import heapq
+    import os
+
+    def cost(rec: dict) -> float:
+        ext = os.path.splitext(rec["uri"])[1].lower()
+        return max(1, sizes.get(rec["uri"], 0)) * _COST_PER_BYTE.get(ext, 1.0)
+
+    n_blocks = max(1, min(n_blocks, len(records)))
+    heap = [(0.0, i) for i in range(n_blocks)]
+    blocks: list[list[dict]] = [[] for _ in range(n_blocks)]
+    for rec in sorted(records, key=cost, reverse=True):
+        load, i = heapq.heappop(heap)
+        blocks[i].append(rec)
+        heapq.heappush(heap, (load + cost(rec), i))
+    return [b for b in blocks if b]
+
+
+class _Extractor:
+    """Actor: decodes and analyses a block of records and writes them as one part file."""
+
+    def __init__(self, cfg, max_seconds, endpoint_url, output):
+        from mgr.extract_step import extract_rows
+
+        self.run = extract_rows
+        self.cfg, self.max_seconds, self.endpoint_url, self.output = cfg, max_seconds, endpoint_url, output
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import json
+
+        done, errors = [], []
+        for text in batch.column("records").to_pylist():
+            table = self.run(json.loads(text), cfg=self.cfg, max_seconds=self.max_seconds, endpoint_url=self.endpoint_url)
+            write_part(table, self.output, endpoint_url=self.endpoint_url)
+            done.append(table.num_rows)
+            errors.append(table.num_rows - table.column("error").null_count)
+        return pa.table({"files": done, "errors": errors})
+
+
+def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, address, num_cpus, endpoint_url):
+    import json
+
     import ray
 
-    from mgr.extract_step import extract_rows
     from mgr.runtime import ray_session
 
-    def run_batch(batch: pa.Table) -> pa.Table:
-        return extract_rows(batch.to_pylist(), cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url)
-
     with ray_session(address=address, num_cpus=num_cpus, endpoint_url=endpoint_url):
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        n_blocks = min(len(todo), max(2 * cpus, math.ceil(len(todo) / max(1, files_per_task))))
-        ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
-        ds = ds.map_batches(run_batch, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, num_cpus=1)
-        pafs, path = pyarrow_filesystem(output_uri, endpoint_url=endpoint_url)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        n_blocks = max(4 * cpus, math.ceil(len(todo) / max(1, files_per_task)))
+        blocks = balanced_blocks(todo, sizes, n_blocks)
+        items = [{"records": json.dumps(b)} for b in blocks]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        # Decoding runs in a pool of actors, one per CPU: each imports its libraries once and
+        # always has its next block queued, so no CPU waits between blocks.
+        ds = ds.map_batches(
+            _Extractor,
+            fn_constructor_args=(cfg, max_seconds, endpoint_url, output_uri),
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus, initial_size=cpus,
+                                               max_tasks_in_flight_per_actor=2),
+        )
         try:
-            ds.write_parquet(path, filesystem=pafs)
+            for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                pass
         except MgrError:
             raise
         except Exception as exc:  # noqa: BLE001 - a storage or cluster failure, not a file's

@@ -6,9 +6,10 @@ usual AWS environment (never passed around or logged by mgr).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import fsspec
 
@@ -18,8 +19,11 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "is_remote",
     "filesystem",
+    "LOCK_NAME",
+    "output_lock",
     "join",
     "list_audio",
+    "list_audio_sizes",
     "read_bytes",
     "strip_protocol",
 ]
@@ -117,13 +121,13 @@ def local_path(uri: str) -> str:
     return path
 
 
-def list_audio(
+def list_audio_sizes(
     uri: str,
     *,
     endpoint_url: str | None = None,
     extensions: Iterable[str] = AUDIO_EXTENSIONS,
-) -> list[str]:
-    """List the audio files under ``uri`` (recursively), sorted.
+) -> list[tuple[str, int]]:
+    """List the audio files under ``uri`` (recursively) with their sizes in bytes, sorted.
 
     Parameters
     ----------
@@ -136,8 +140,9 @@ def list_audio(
 
     Returns
     -------
-    list of str
-        Local absolute paths, or URIs with the input's protocol.
+    list of (str, int)
+        Local absolute paths, or URIs with the input's protocol, and sizes (the listing
+        has them for free; they serve to balance work).
 
     Raises
     ------
@@ -150,9 +155,9 @@ def list_audio(
         if not fs.exists(path):
             raise StorageError(f"input {uri} does not exist")
         if fs.isfile(path):
-            found = [path]
+            found = {path: fs.info(path)}
         else:
-            found = fs.find(path)
+            found = fs.find(path, detail=True)
     except StorageError:
         raise
     except PermissionError as exc:
@@ -160,7 +165,12 @@ def list_audio(
     except OSError as exc:
         raise StorageError(f"cannot list {uri}: {exc}") from None
     files = sorted(p for p in found if p.lower().endswith(exts))
-    return [to_uri(fs, p, uri) for p in files]
+    return [(to_uri(fs, p, uri), int(found[p].get("size") or 0)) for p in files]
+
+
+def list_audio(uri: str, *, endpoint_url: str | None = None, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[str]:
+    """The uris of :func:`list_audio_sizes`."""
+    return [u for u, _ in list_audio_sizes(uri, endpoint_url=endpoint_url, extensions=extensions)]
 
 
 def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
@@ -175,3 +185,90 @@ def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
         raise StorageError(f"cannot read {uri}: permission denied ({exc})") from None
     except OSError as exc:
         raise StorageError(f"cannot read {uri}: {exc}") from None
+
+
+#: the lock file of an OUTPUT being written (``_``: ignored by pyarrow and pandas readers)
+LOCK_NAME = "_LOCK.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(output: str, *, command: str, endpoint_url: str | None = None) -> Iterator[dict]:
+    """Hold ``OUTPUT/_LOCK.json`` while a job writes ``output``; refuse if another holds it.
+
+    The lock is created exclusively (``O_EXCL`` locally, a conditional ``If-None-Match``
+    PUT on S3) and holds the owner's host, pid, command and start time. A lock left by a
+    dead process of this host is taken over; any other is refused.
+
+    Raises
+    ------
+    JobError
+        Another run holds the lock.
+    StorageError
+        The lock cannot be written.
+    """
+    import datetime
+    import json
+    import socket
+    import uuid
+
+    from mgr.errors import JobError
+
+    fs, base = filesystem(output, endpoint_url=endpoint_url)
+    path = base.rstrip("/") + "/" + LOCK_NAME
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": command, "token": uuid.uuid4().hex,
+             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    data = json.dumps(owner, indent=2).encode()
+    created_dir = False
+    for attempt in range(2):
+        try:
+            if is_remote(output):
+                fs.pipe_file(path, data, mode="create")
+            else:
+                if not os.path.isdir(base):
+                    os.makedirs(base, exist_ok=True)
+                    created_dir = True
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+            break
+        except FileExistsError:
+            try:
+                held = json.loads(fs.cat_file(path))
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except (OSError, ValueError):
+                held = {}
+            stale = held.get("host") == owner["host"] and isinstance(held.get("pid"), int) \
+                and not _pid_alive(held["pid"])
+            if stale and attempt == 0:
+                fs.rm(path)
+                continue
+            who = (f"{held.get('command', 'another run')} (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
+                   f"since {held.get('started', '?')})")
+            raise JobError(f"{output} is being written by {who}; wait for it to finish, or delete "
+                           f"{join(output, LOCK_NAME)} if that run is gone") from None
+        except OSError as exc:
+            raise StorageError(f"cannot lock OUTPUT {output}: {exc}") from None
+    else:
+        raise JobError(f"cannot lock OUTPUT {output}: the lock file keeps changing hands")
+    try:
+        yield owner
+    finally:
+        try:
+            held = json.loads(fs.cat_file(path))
+            if held.get("token") == owner["token"]:
+                fs.rm(path)
+            if created_dir:
+                os.rmdir(base)  # only succeeds when the run wrote nothing
+        except (OSError, ValueError):
+            pass
