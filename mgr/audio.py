@@ -53,6 +53,10 @@ def _open(source: Source, name: str):
                 raise AudioError("empty file (0 bytes)")
         except OSError as exc:
             raise AudioError(f"cannot read file: {exc.strerror or exc}") from None
+        if os.name == "posix":
+            # bytes reach libsndfile as they are: soundfile's own str encoding refuses the
+            # surrogate-escaped names of files whose names are not valid UTF-8
+            source = os.fsencode(source)
     lower = name.lower()
     try:
         return sf.SoundFile(source)
@@ -69,10 +73,18 @@ def _open(source: Source, name: str):
         raise AudioError(f"not decodable audio ({exc})") from None
 
 
+#: libsndfile's words for "these bytes are no format I know"; for an existing regular file
+#: its "does not exist or is not a regular file" (mpg123 finding no frame) means the same
+_UNRECOGNISED = ("Format not recognised", "does not exist or is not a regular file")
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc)
     # libsndfile messages start with the file name (or a repr of the file object): keep the why.
-    return text.split(": ", 1)[-1] if ": " in text else text
+    why = text.split(": ", 1)[-1] if ": " in text else text
+    if any(marker in why for marker in _UNRECOGNISED):
+        return "not a recognised audio format, or damaged beyond its header"
+    return why
 
 
 def probe(source: Source, *, name: str = "") -> AudioInfo:

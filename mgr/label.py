@@ -260,61 +260,64 @@ def label_catalog(
     width, hop = labelset.resolve_windows(window_frames=loaded.window_frames, frames_per_second=cfg.sr / cfg.hop_length,
                                           window_seconds=window_seconds, hop_seconds=hop_seconds)
 
-    existing = labelset.read_existing(output, endpoint_url=endpoint_url, clean=True)
-    foreign = set(existing.model_ids)
-    if existing.marker and existing.marker.get("model_id"):
-        foreign.add(existing.marker["model_id"])
-    foreign.discard(loaded.model_id)
-    if foreign and not overwrite:
-        raise ConfigError(f"{output} holds labels of model {sorted(foreign)[0]}, not {loaded.model_id}: "
-                          "use another OUTPUT, or --overwrite to replace them")
-    records = catalog_records(catalog, endpoint_url=endpoint_url)  # before anything in OUTPUT changes
-    extras = [k for k in records[0] if k not in ("uri", "track_id")]
-    schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id, extra_columns=extras)
-    if overwrite:
-        _clear_output(output, existing, endpoint_url=endpoint_url)
-        existing = labelset.read_existing(output, endpoint_url=endpoint_url)
-    elif existing.columns and existing.columns != schema.names:
-        raise ConfigError(f"{output} was written with the columns {existing.columns}, this catalog gives "
-                          f"{schema.names}: use another OUTPUT, or --overwrite")
-    retried: set[str] = set()
-    if retry_errors and existing.retryable:
-        for part, uris in existing.retryable.items():
-            labelset.drop_rows(output, part, uris, endpoint_url=endpoint_url)
-            retried.update(uris)
-        existing = labelset.read_existing(output, endpoint_url=endpoint_url)
-    todo = [r for r in records if r["uri"] not in existing.uris]
-    log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
-        f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")
-    t0 = time.perf_counter()
-    run = {"files": 0, "errors": 0, "error_uris": [], "unknown": 0, "genres": {}, "audio_minutes": 0.0,
-           "audio_minutes_decoded": 0.0, "audio_minutes_skipped": 0.0, "error_examples": []}
-    if todo:
-        _drop_marker(output, endpoint_url=endpoint_url)
-        run = _run_pipeline(todo, output, model_dir=model_dir, schema=schema, feature_config=cfg.to_dict(),
-                            width=width, hop=hop, top_k=top_k, batch_size=batch_size, actors=actors,
-                            gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, per_step=per_step,
-                            max_windows=max_windows, min_confidence=min_confidence, max_seconds=max_seconds,
-                            files_per_task=files_per_task, rows_per_file=rows_per_file, address=address,
-                            num_cpus=num_cpus, endpoint_url=endpoint_url)
-    seconds = time.perf_counter() - t0
-    broken = sorted(retried & set(run.pop("error_uris")))
-    run.update(retried=len(retried), still_broken=len(broken), still_broken_examples=broken[:5])
-    run.update(seconds=round(seconds, 3), files_skipped_already_done=len(records) - len(todo),
-               files_per_s=round(run["files"] / seconds, 3) if run["files"] and seconds > 0 else None,
-               audio_minutes_per_s=round(run["audio_minutes"] / seconds, 3) if run["files"] and seconds > 0 else None)
-    after = labelset.read_existing(output, endpoint_url=endpoint_url)
-    missing = len({r["uri"] for r in records} - after.uris)
-    counts = {"files": len(after.uris), "errors": after.errors, "catalog_files": len(records), "missing": missing}
-    summary = {"output": output, "catalog": catalog, "model_id": loaded.model_id, "genres": loaded.genres,
-               "windows": {"frames": width, "hop_frames": hop, "seconds": round(width * cfg.hop_length / cfg.sr, 3),
-                           "hop_seconds": round(hop * cfg.hop_length / cfg.sr, 3)},
-               "per_step": bool(per_step), "max_windows": max_windows, "min_confidence": min_confidence,
-               "run": run, "counts": counts, "complete": missing == 0}
-    if missing == 0:
-        labelset.write_marker(output, {**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                              endpoint_url=endpoint_url)
-    return summary
+    # one writer at a time: a second run would delete the first one's temporary parts
+    with storage.output_lock(output, command="mgr label", endpoint_url=endpoint_url):
+        existing = labelset.read_existing(output, endpoint_url=endpoint_url, clean=True)
+        foreign = set(existing.model_ids)
+        if existing.marker and existing.marker.get("model_id"):
+            foreign.add(existing.marker["model_id"])
+        foreign.discard(loaded.model_id)
+        if foreign and not overwrite:
+            raise ConfigError(f"{output} holds labels of model {sorted(foreign)[0]}, not {loaded.model_id}: "
+                              "use another OUTPUT, or --overwrite to replace them")
+        records = catalog_records(catalog, endpoint_url=endpoint_url)  # before anything in OUTPUT changes
+        extras = [k for k in records[0] if k not in ("uri", "track_id")]
+        schema = labelset.labels_schema(loaded.genres, model_id=loaded.model_id, extra_columns=extras)
+        if overwrite:
+            _clear_output(output, existing, endpoint_url=endpoint_url)
+            existing = labelset.read_existing(output, endpoint_url=endpoint_url)
+        elif existing.columns and existing.columns != schema.names:
+            raise ConfigError(f"{output} was written with the columns {existing.columns}, this catalog gives "
+                              f"{schema.names}: use another OUTPUT, or --overwrite")
+        retried: set[str] = set()
+        if retry_errors and existing.retryable:
+            for part, uris in existing.retryable.items():
+                labelset.drop_rows(output, part, uris, endpoint_url=endpoint_url)
+                retried.update(uris)
+            existing = labelset.read_existing(output, endpoint_url=endpoint_url)
+        todo = [r for r in records if r["uri"] not in existing.uris]
+        log(f"{len(records)} file(s) in {catalog}; {len(records) - len(todo)} already labeled in {output}; "
+            f"{len(todo)} to label with {loaded.model_id} (windows {width} frames, hop {hop})")
+        t0 = time.perf_counter()
+        run = {"files": 0, "errors": 0, "error_uris": [], "unknown": 0, "genres": {}, "audio_minutes": 0.0,
+               "audio_minutes_decoded": 0.0, "audio_minutes_skipped": 0.0, "error_examples": []}
+        if todo:
+            _drop_marker(output, endpoint_url=endpoint_url)
+            run = _run_pipeline(todo, output, model_dir=model_dir, schema=schema, feature_config=cfg.to_dict(),
+                                width=width, hop=hop, top_k=top_k, batch_size=batch_size, actors=actors,
+                                gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, per_step=per_step,
+                                max_windows=max_windows, min_confidence=min_confidence, max_seconds=max_seconds,
+                                files_per_task=files_per_task, rows_per_file=rows_per_file, address=address,
+                                num_cpus=num_cpus, endpoint_url=endpoint_url)
+        seconds = time.perf_counter() - t0
+        broken = sorted(retried & set(run.pop("error_uris")))
+        run.update(retried=len(retried), still_broken=len(broken), still_broken_examples=broken[:5])
+        timed = run["files"] and seconds > 0
+        run.update(seconds=round(seconds, 3), files_skipped_already_done=len(records) - len(todo),
+                   files_per_s=round(run["files"] / seconds, 3) if timed else None,
+                   audio_minutes_per_s=round(run["audio_minutes"] / seconds, 3) if timed else None)
+        after = labelset.read_existing(output, endpoint_url=endpoint_url)
+        missing = len({r["uri"] for r in records} - after.uris)
+        counts = {"files": len(after.uris), "errors": after.errors, "catalog_files": len(records), "missing": missing}
+        summary = {"output": output, "catalog": catalog, "model_id": loaded.model_id, "genres": loaded.genres,
+                   "windows": {"frames": width, "hop_frames": hop, "seconds": round(width * cfg.hop_length / cfg.sr, 3),
+                               "hop_seconds": round(hop * cfg.hop_length / cfg.sr, 3)},
+                   "per_step": bool(per_step), "max_windows": max_windows, "min_confidence": min_confidence,
+                   "run": run, "counts": counts, "complete": missing == 0}
+        if missing == 0:
+            labelset.write_marker(output, {**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                  endpoint_url=endpoint_url)
+        return summary
 
 
 def _drop_marker(output: str, *, endpoint_url: str | None) -> None:

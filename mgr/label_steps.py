@@ -103,7 +103,7 @@ def _opener(uri: str, endpoint_url: str | None):
     from mgr import storage
 
     if not storage.is_remote(uri):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        path = storage.local_path(uri)  # percent-encoded non-UTF-8 names mapped back
         return lambda: path
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     return lambda: fs.open(path, "rb")
