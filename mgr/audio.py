@@ -161,11 +161,16 @@ def decode(
             if mono and sr is not None and want > STREAM_ABOVE_FRAMES:
                 y, n_read = _decode_stream(f, count, native_sr, sr)
             else:
-                data = f.read(frames=count, dtype="float32", always_2d=True)
+                single = f.channels == 1 and mono
+                data = f.read(frames=count, dtype="float32", always_2d=not single)
                 n_read = data.shape[0]
-                if n_read and not np.isfinite(data).all():
+                if single:
+                    y = data  # already [n_samples], contiguous: no downmix copy
+                else:
+                    y = np.ascontiguousarray(data.mean(axis=1) if mono else data.T, dtype=np.float32)
+                # NaN/inf survive a sum (inf - inf is NaN): one cheap pass instead of isfinite()
+                if n_read and not np.isfinite(np.sum(y, dtype=np.float64)):
                     raise AudioError("samples contain NaN or infinite values")
-                y = np.ascontiguousarray(data.mean(axis=1) if mono else data.T, dtype=np.float32)
                 if n_read and sr is not None and sr != native_sr:
                     y = _resample(y, native_sr, sr)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
