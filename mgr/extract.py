@@ -241,8 +241,8 @@ def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, 
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus, initial_size=cpus,
-                                               max_tasks_in_flight_per_actor=2),
+            # a fixed size: Ray Data 2.60 may cancel a still-starting actor when a pool shrinks
+            compute=ray.data.ActorPoolStrategy(size=min(cpus, len(items)), max_tasks_in_flight_per_actor=2),
         )
         try:
             for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

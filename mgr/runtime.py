@@ -67,7 +67,9 @@ def ray_session(
     else:
         for key, value in env.items():
             os.environ.setdefault(key, value)
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        # "local": always a fresh embedded Ray, never a cluster someone started with
+        # `ray start` on this machine (which a bare ray.init() would silently join)
+        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
