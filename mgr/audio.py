@@ -167,7 +167,7 @@ def decode(
                 if single:
                     y = data  # already [n_samples], contiguous: no downmix copy
                 else:
-                    y = np.ascontiguousarray(data.mean(axis=1) if mono else data.T, dtype=np.float32)
+                    y = downmix(data) if mono else np.ascontiguousarray(data.T)
                 # NaN/inf survive a sum (inf - inf is NaN): one cheap pass instead of isfinite()
                 if n_read and not np.isfinite(np.sum(y, dtype=np.float64)):
                     raise AudioError("samples contain NaN or infinite values")
@@ -205,7 +205,7 @@ def _decode_stream(f, count: int, native_sr: int, sr: int) -> tuple[np.ndarray, 
         n_read += block.shape[0]
         if remaining > 0:
             remaining -= block.shape[0]
-        mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+        mono = downmix(block)
         parts.append(stream.resample_chunk(mono, last=False) if stream else mono)
         if block.shape[0] < n:
             break
@@ -213,6 +213,21 @@ def _decode_stream(f, count: int, native_sr: int, sr: int) -> tuple[np.ndarray, 
         parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return y.astype(np.float32, copy=False), n_read
+
+
+def downmix(data: np.ndarray) -> np.ndarray:
+    """Average the channels of ``[n_samples, channels]`` float32 audio: ``[n_samples]``.
+
+    Equal to librosa's ``to_mono`` (the channel mean) but column by column: numpy's
+    ``mean(axis=1)`` over a handful of columns is ~3x slower (a reduction per row).
+    """
+    if data.shape[1] == 1:
+        return np.ascontiguousarray(data[:, 0])
+    out = data[:, 0].copy()
+    for c in range(1, data.shape[1]):
+        out += data[:, c]
+    out /= np.float32(data.shape[1])
+    return out
 
 
 def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

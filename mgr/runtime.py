@@ -67,6 +67,8 @@ def ray_session(
     else:
         for key, value in env.items():
             os.environ.setdefault(key, value)
+        # no usage reporting from an embedded Ray (it also saves a helper actor's start-up)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # "local": always a fresh embedded Ray, never a cluster someone started with
         # `ray start` on this machine (which a bare ray.init() would silently join)
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
