@@ -3,7 +3,7 @@
 The driver lists INPUT and builds one small record per file (uri, labels, split); Ray Data
 spreads the records over tasks that read, decode and analyse each file in place
 (:mod:`mgr.extract_step`) and write Parquet. Re-running on the same OUTPUT extracts only
-the files not yet there; ``features.json`` is written last, once every input is accounted for.
+the files not yet there; ``_features.json`` is written last, once every input is accounted for.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def extract(
     Returns
     -------
     dict
-        The ``features.json`` content plus ``seconds`` and ``files_per_s`` of this run.
+        The ``_features.json`` content plus ``seconds`` and ``files_per_s`` of this run.
     """
     cfg = get_preset(preset)
     ratios = parse_ratios(split)
@@ -254,7 +254,7 @@ def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, 
 
 
 def _finish(records, output_uri, *, cfg, labels, seed, ratios, group_by, official_split, endpoint_url):
-    """Check every input is in OUTPUT exactly once, then build ``features.json``."""
+    """Check every input is in OUTPUT exactly once, then build ``_features.json``."""
     table = read_table(output_uri, columns=["uri", "label", "split", "error", "duration_s"], endpoint_url=endpoint_url)
     counts = Counter(table.column("uri").to_pylist())
     expected = {r["uri"] for r in records}

@@ -117,7 +117,7 @@ def to_arrays(table: pa.Table) -> list[np.ndarray]:
 
 
 def read_manifest(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any]:
-    """Load ``features.json`` of a features dataset."""
+    """Load ``_features.json`` of a features dataset."""
     fs, path = storage.filesystem(storage.join(uri, MANIFEST_NAME), endpoint_url=endpoint_url)
     try:
         with fs.open(path, "r") as fh:
@@ -131,7 +131,7 @@ def read_manifest(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any
 
 
 def write_manifest(uri: str, manifest: dict[str, Any], *, endpoint_url: str | None = None) -> None:
-    """Write ``features.json`` (written last: its presence marks a finished extraction)."""
+    """Write ``_features.json`` (written last: its presence marks a finished extraction)."""
     fs, path = storage.filesystem(storage.join(uri, MANIFEST_NAME), endpoint_url=endpoint_url)
     with fs.open(path, "w") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)

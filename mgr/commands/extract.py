@@ -18,7 +18,7 @@ def register(sub) -> None:
         "extract",
         help="extract log-mel features of audio files into a Parquet dataset",
         description="Decode every audio file under INPUT (local folder or s3://bucket/prefix) and "
-        "write its log-mel spectrogram to the features dataset OUTPUT (Parquet + features.json). "
+        "write its log-mel spectrogram to the features dataset OUTPUT (Parquet + _features.json). "
         "Re-running on the same OUTPUT extracts only what is missing.",
         epilog=READ_HINT,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
