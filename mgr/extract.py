@@ -228,6 +228,8 @@ def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, 
     from mgr.runtime import ray_session
 
     with ray_session(address=address, num_cpus=num_cpus, endpoint_url=endpoint_url):
+        # a worker's StorageError reaches the driver as itself, not as "UDF failed" (its text lost)
+        ray.data.DataContext.get_current().raise_original_map_exception = True
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         n_blocks = max(4 * cpus, math.ceil(len(todo) / max(1, files_per_task)))
         blocks = balanced_blocks(todo, sizes, n_blocks)
@@ -247,10 +249,23 @@ def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, 
         try:
             for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 pass
-        except MgrError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a storage or cluster failure, not a file's
-            raise JobError(f"extraction failed while writing {output_uri}: {str(exc).splitlines()[0]}") from exc
+            raise JobError(f"extraction failed while writing {output_uri}: {worker_cause(exc)}") from exc
+
+
+def worker_cause(exc: BaseException) -> str:
+    """One line saying why a Ray Data job failed: the message of the MgrError a worker raised
+    (Ray wraps it in a task error whose text is a remote traceback), else the first line."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        inner = getattr(cur, "cause", None)  # RayTaskError: the original exception
+        if isinstance(cur, MgrError) and not isinstance(inner, BaseException):
+            return str(cur).strip().splitlines()[0]
+        cur = inner if isinstance(inner, BaseException) else (cur.__cause__ or cur.__context__)
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _finish(records, output_uri, *, cfg, labels, seed, ratios, group_by, official_split, endpoint_url):

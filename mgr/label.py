@@ -341,6 +341,8 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
     from mgr.runtime import ray_session
 
     with ray_session(address=address, num_cpus=num_cpus, endpoint_url=endpoint_url):
+        # a worker's StorageError reaches the driver as itself, not as "UDF failed" (its text lost)
+        ray.data.DataContext.get_current().raise_original_map_exception = True
         cpa, (amin, amax) = _resources(gpus_per_actor, cpus_per_actor, actors)
         n_blocks = max(1, min(len(todo), math.ceil(len(todo) / files_per_task)))
         ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
@@ -365,18 +367,24 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
         hist: collections.Counter = collections.Counter()
         examples: list[str] = []
         error_uris: list[str] = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for uri, genre, dur, dec, err in zip(*(batch.column(c).to_pylist() for c in labelset.SUMMARY_COLUMNS)):
-                files += 1
-                if err is not None:
-                    errors += 1
-                    error_uris.append(uri)
-                    if len(examples) < 5:
-                        examples.append(f"{uri}: {err}")
-                else:
-                    hist[genre] += 1
-                    minutes += (dur or 0.0) / 60.0
-                    decoded += (dec or 0.0) / 60.0
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for uri, genre, dur, dec, err in zip(*(batch.column(c).to_pylist() for c in labelset.SUMMARY_COLUMNS)):
+                    files += 1
+                    if err is not None:
+                        errors += 1
+                        error_uris.append(uri)
+                        if len(examples) < 5:
+                            examples.append(f"{uri}: {err}")
+                    else:
+                        hist[genre] += 1
+                        minutes += (dur or 0.0) / 60.0
+                        decoded += (dec or 0.0) / 60.0
+        except Exception as exc:  # noqa: BLE001 - a storage, model or cluster failure, not a file's
+            from mgr.extract import worker_cause
+
+            raise JobError(f"labeling into {output} failed: {worker_cause(exc)}; re-run the command to "
+                           "resume") from exc
     if files != len(todo):
         raise JobError(f"labeling wrote {files} rows for {len(todo)} files; re-run the command to finish")
     return {"files": files, "errors": errors, "error_uris": error_uris, "unknown": hist.get(labelset.UNKNOWN, 0),
