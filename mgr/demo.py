@@ -52,11 +52,8 @@ def generate_collection(root: str, *, size: DemoSize, seed: int = 0) -> dict[str
     The catalog holds multi-minute songs whose sections change style, plus a few unseen
     clips, in all four codecs; returns what was written.
     """
-    import soundfile as sf
+    from mgr.synth import clip, song, write_audio
 
-    from mgr.synth import clip, song
-
-    codecs = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
     rng = np.random.default_rng(seed)
     collection = os.path.join(root, "collection")
     catalog = os.path.join(root, "catalog")
@@ -67,8 +64,7 @@ def generate_collection(root: str, *, size: DemoSize, seed: int = 0) -> dict[str
             ext = _FORMATS[(si + i) % len(_FORMATS)]
             path = os.path.join(collection, style, f"{style}.{i:05d}.{ext}")
             if not os.path.exists(path):
-                y = clip(style, size.clip_seconds, seed=seed * 100_000 + si * 1000 + i)
-                sf.write(path, y, 22050, format=codecs[ext][0], subtype=codecs[ext][1])
+                write_audio(path, clip(style, size.clip_seconds, seed=seed * 100_000 + si * 1000 + i))
             clips.append(path)
     os.makedirs(catalog, exist_ok=True)
     for j in range(size.songs):
@@ -76,13 +72,12 @@ def generate_collection(root: str, *, size: DemoSize, seed: int = 0) -> dict[str
         ext = ("mp3", "ogg", "flac")[j % 3]
         path = os.path.join(catalog, f"song{j:02d}_{'-'.join(order)}.{ext}")
         if not os.path.exists(path):
-            y = song(order, section_seconds=size.section_seconds, seed=seed * 1000 + 500 + j)
-            sf.write(path, y, 22050, format=codecs[ext][0], subtype=codecs[ext][1])
+            write_audio(path, song(order, section_seconds=size.section_seconds, seed=seed * 1000 + 500 + j))
         songs.append({"path": path, "sections": order, "section_seconds": size.section_seconds})
     for si, style in enumerate(size.styles):  # unseen clips for the catalog too
         path = os.path.join(catalog, f"unseen_{style}.wav")
         if not os.path.exists(path):
-            sf.write(path, clip(style, size.clip_seconds, seed=seed * 7 + 99_000 + si), 22050, subtype="PCM_16")
+            write_audio(path, clip(style, size.clip_seconds, seed=seed * 7 + 99_000 + si))
     return {"collection": collection, "catalog": catalog, "clips": len(clips), "songs": songs}
 
 

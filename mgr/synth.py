@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["STYLES", "clip", "song"]
+__all__ = ["STYLES", "CODECS", "clip", "song", "write_audio"]
 
 #: style → tempo range (bpm), beats per bar, swing, mode intervals, register (MIDI root)
 STYLES: dict[str, dict] = {
@@ -22,6 +22,30 @@ STYLES: dict[str, dict] = {
     "jazz": {"bpm": (110, 160), "meter": 4, "swing": 0.33, "mode": (0, 2, 3, 5, 7, 9, 10), "root": 43},
     "folk": {"bpm": (84, 112), "meter": 3, "swing": 0.0, "mode": (0, 2, 4, 5, 7, 9, 11), "root": 50},
 }
+
+
+#: extension → (libsndfile format, subtype)
+CODECS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+
+
+def write_audio(path: str, y: np.ndarray, *, sr: int = 22050, block: int = 1 << 16) -> str:
+    """Write ``y`` (``[n]`` or ``[n, channels]``) with the codec of ``path``'s extension.
+
+    Written in blocks: libsndfile's Vorbis encoder crashes (SIGSEGV) when handed minutes
+    of audio in one call.
+    """
+    import os
+
+    import soundfile as sf
+
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    fmt, subtype = CODECS[ext]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    channels = 1 if y.ndim == 1 else y.shape[1]
+    with sf.SoundFile(path, "w", samplerate=sr, channels=channels, format=fmt, subtype=subtype) as fh:
+        for start in range(0, len(y), block):
+            fh.write(y[start: start + block])
+    return path
 
 
 def _hz(midi: float) -> float:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import soundfile as sf
 
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+from mgr.synth import CODECS as FORMATS  # noqa: F401  (re-exported for tests)
+from mgr.synth import write_audio  # noqa: F401  (the one writer, chunked)
 
 #: name → (beats per minute, base MIDI note, harmonics, noise level, scale)
 STYLES = {
@@ -51,15 +51,6 @@ def music_like(style: str, seconds: float, *, sr: int = 22050, seed: int = 0) ->
             y[start:stop] += click
     y /= max(1e-9, np.abs(y).max()) * 1.25
     return y.astype(np.float32)
-
-
-def write_audio(path: str, y: np.ndarray, *, sr: int = 22050) -> str:
-    """Write ``y`` (``[n]`` or ``[n, channels]``) with the codec of ``path``'s extension."""
-    ext = os.path.splitext(path)[1].lstrip(".").lower()
-    fmt, subtype = FORMATS[ext]
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    sf.write(path, y, sr, format=fmt, subtype=subtype)
-    return path
 
 
 def genre_tree(
