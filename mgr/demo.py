@@ -242,8 +242,8 @@ def _label_summary(summary: dict, output: str) -> dict:
         "files": len(rows),
         "errors": sum(1 for r in rows if r["error"]),
         "genres": {os.path.basename(r["uri"]): (r["genre"], round(r["confidence"] or 0, 2)) for r in rows},
-        "files_per_s": summary.get("files_per_s"),
-        "audio_minutes_per_s": summary.get("audio_minutes_per_s"),
+        "files_per_s": summary["run"].get("files_per_s"),
+        "audio_minutes_per_s": summary["run"].get("audio_minutes_per_s"),
     }
 
 
@@ -261,7 +261,7 @@ def format_summary(r: dict) -> str:
         if key in r:
             lab = r[key]
             lines.append(f"labels ({lab['output']}): {lab['files']} files, {lab['errors']} errors, "
-                         f"{lab['files_per_s']} files/s")
+                         f"{lab['files_per_s']} files/s, {lab['audio_minutes_per_s']} audio-min/s")
             for name, (genre, conf) in sorted(lab["genres"].items()):
                 lines.append(f"  {name:45s} {genre} ({conf})")
     lines.append(f"best model: {r['best_model']}")

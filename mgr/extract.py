@@ -199,25 +199,30 @@ def balanced_blocks(records: list[dict], sizes: dict[str, int], n_blocks: int) -
     return [b for b in blocks if b]
 
 
-class _Extractor:
-    """Actor: decodes and analyses a block of records and writes them as one part file."""
+def _extractor_class(cfg, max_seconds, endpoint_url, output):
+    """The actor class, with its settings bound in the class (no constructor arguments: Ray
+    would keep those in the object store and warn that a restarted actor may lose them)."""
 
-    def __init__(self, cfg, max_seconds, endpoint_url, output):
-        from mgr.extract_step import extract_rows
+    class _Extractor:
+        """Actor: decodes and analyses a block of records and writes them as one part file."""
 
-        self.run = extract_rows
-        self.cfg, self.max_seconds, self.endpoint_url, self.output = cfg, max_seconds, endpoint_url, output
+        def __init__(self):
+            from mgr.extract_step import extract_rows
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import json
+            self.run = extract_rows
 
-        done, errors = [], []
-        for text in batch.column("records").to_pylist():
-            table = self.run(json.loads(text), cfg=self.cfg, max_seconds=self.max_seconds, endpoint_url=self.endpoint_url)
-            write_part(table, self.output, endpoint_url=self.endpoint_url)
-            done.append(table.num_rows)
-            errors.append(table.num_rows - table.column("error").null_count)
-        return pa.table({"files": done, "errors": errors})
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            import json
+
+            done, errors = [], []
+            for text in batch.column("records").to_pylist():
+                table = self.run(json.loads(text), cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url)
+                write_part(table, output, endpoint_url=endpoint_url)
+                done.append(table.num_rows)
+                errors.append(table.num_rows - table.column("error").null_count)
+            return pa.table({"files": done, "errors": errors})
+
+    return _Extractor
 
 
 def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, address, num_cpus, endpoint_url):
@@ -238,8 +243,7 @@ def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, 
         # Decoding runs in a pool of actors, one per CPU: each imports its libraries once and
         # always has its next block queued, so no CPU waits between blocks.
         ds = ds.map_batches(
-            _Extractor,
-            fn_constructor_args=(cfg, max_seconds, endpoint_url, output_uri),
+            _extractor_class(cfg, max_seconds, endpoint_url, output_uri),
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=1,
