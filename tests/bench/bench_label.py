@@ -13,6 +13,12 @@ and prints one JSON line: files/s and audio-minutes/s of both (wall clock of the
 and the in-pipeline time of its summary), their ratio, and the peak memory of both sizes.
 
     .venv/bin/python tests/bench/bench_label.py [--copies 8] [--scale 5] [--arch cnn]
+
+With ``--excerpts N`` it instead compares, on ``--copies`` copies of the songs (e.g. 20: 260
+files), `mgr label --max-windows N` against labeling every window, and prints files/s,
+audio-minutes/s and the audio-minutes decoded vs. skipped of both:
+
+    .venv/bin/python tests/bench/bench_label.py --excerpts 3 --copies 20
 """
 
 from __future__ import annotations
@@ -174,7 +180,11 @@ def main() -> None:
     ap.add_argument("--arch", choices=["cnn", "crnn"], default="cnn")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mgr-bench-label"))
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--excerpts", type=int, default=None, metavar="N",
+                    help="compare --max-windows N with all windows instead of label with extract")
     args = ap.parse_args()
+    if args.excerpts:
+        return excerpts(args)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     n = build_catalog(work / "catalog", args.copies)
@@ -217,6 +227,31 @@ def main() -> None:
         shutil.rmtree(work / "labels-big", ignore_errors=True)
     shutil.rmtree(work / "labels", ignore_errors=True)
     print(json.dumps(result))
+
+
+def excerpts(args) -> None:
+    """`mgr label --max-windows N` vs. all windows on the same catalog, alternately."""
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    n = build_catalog(work / f"catalog-{args.copies}", args.copies)
+    model = work / f"model-{args.arch}"
+    make_model(model, args.arch)
+    exe = str(Path(sys.executable).with_name("mgr"))
+    base = [exe, "label", str(work / f"catalog-{args.copies}"), str(work / "labels-excerpts"), "--model", str(model),
+            "--json"]
+    runs: dict[str, list] = {"all_windows": [], f"max_windows_{args.excerpts}": []}
+    for _ in range(args.repeats):
+        for key, extra in (("all_windows", []), (f"max_windows_{args.excerpts}", ["--max-windows", str(args.excerpts)])):
+            res = run(base + extra)
+            r = res["summary"]["run"]
+            runs[key].append({**rates(res, n), "audio_min_decoded": r.get("audio_minutes_decoded"),
+                              "audio_min_skipped": r.get("audio_minutes_skipped")})
+    med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in runs.items()}
+    shutil.rmtree(work / "labels-excerpts", ignore_errors=True)
+    fast, full = med[f"max_windows_{args.excerpts}"], med["all_windows"]
+    print(json.dumps({"bench": "label-excerpts", "arch": args.arch, "cores": os.cpu_count(), "files": n,
+                      "median": med, "speedup_wall": round(full["wall_s"] / fast["wall_s"], 3),
+                      "speedup_pipeline": round(full["pipeline_s"] / fast["pipeline_s"], 3), "runs": runs}))
 
 
 if __name__ == "__main__":
