@@ -27,8 +27,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# benchmarks print JSON lines; run them on a quiet machine
 bench: install
 	$(PY) tests/bench/bench_extract.py
+	$(PY) tests/bench/bench_train.py
+	$(PY) tests/bench/bench_label.py
+	$(PY) tests/bench/bench_label.py --excerpts 3 --copies 20
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache
