@@ -240,20 +240,29 @@ def in_thread(fn, **kw):
             box["error"] = repr(exc)
     th = threading.Thread(target=run, daemon=True)
     th.start()
+    running.append(th)
     return th, box
+
+running = []
+
+def th_alive():
+    return bool(running) and running[-1].is_alive()
 
 def remove_when_started(path, key, victim):
     t0 = time.time()
-    while not parts(path) and time.time() - t0 < 120:
+    while not parts(path) and time.time() - t0 < 200 and th_alive():
         time.sleep(0.02)
     result[key + "_parts_at_removal"] = len(parts(path))
+    result[key + "_removal_after_s"] = round(time.time() - t0, 1)
+    if not parts(path):
+        return  # the job never got going (or already failed): nothing to interrupt
     cluster.remove_node(victim, allow_graceful=False)  # the node dies with its raylet and workers
     workers.append(cluster.add_node(num_cpus=1))  # a replacement joins, as an autoscaler brings one
 
 def finish(th, box, key):
-    th.join(150)
+    th.join(240)
     if th.is_alive() or "error" in box:
-        print("RESULT " + json.dumps({**result, "failed": key, "error": box.get("error", "hung")}), flush=True)
+        print("RESULT " + json.dumps({**result, "failed": key, "error": box.get("error", "hung")[:4000]}), flush=True)
         cluster.shutdown()
         os._exit(3)
     return box["value"]
@@ -278,7 +287,7 @@ print("RESULT " + json.dumps(result), flush=True)
 '''
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_worker_node_removed_mid_extraction_and_labeling(songs, tmp_path):
     """A 3-node Ray (head without CPUs + 2 one-CPU workers) in a subprocess; once the first
     part file of each job exists a worker node is killed (a replacement joins): the outputs
@@ -286,14 +295,14 @@ def test_worker_node_removed_mid_extraction_and_labeling(songs, tmp_path):
     cat, model = songs
     env = {**_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _CLUSTER_SCRIPT, str(tmp_path), str(cat), model],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=280)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=580)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, (proc.returncode, proc.stderr[-3000:])
     r = json.loads(line[len("RESULT "):])
-    assert "failed" not in r, r
+    assert "failed" not in r, (r, proc.stderr[-3000:])
     expected = sorted(str(cat / f"song{i:02d}.wav") for i in range(N_SONGS))
     for job in ("extract", "label"):
-        assert r[f"{job}_parts_at_removal"] < N_SONGS // 2, r  # the node died early in the run
+        assert 1 <= r[f"{job}_parts_at_removal"] < N_SONGS // 2, r  # the node died early in the run
         assert sorted(r[f"{job}_uris"]) == expected, job  # complete, no duplicate rows
         assert r[f"{job}_errors"] == 0
     assert r["extract_files"] == N_SONGS and r["features_json"]
