@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["hz_to_mel", "mel_to_hz", "mel_filters", "power_frames", "power_stft"]
+__all__ = ["hz_to_mel", "mel_to_hz", "mel_filters", "mel_frames", "power_frames", "power_stft"]
 
 _F_SP = 200.0 / 3  # Slaney: linear below 1 kHz
 _MIN_LOG_HZ = 1000.0
@@ -90,6 +90,36 @@ def power_frames(y: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2
             np.add(spec.real * spec.real, spec.imag * spec.imag, out=out[s: s + block], casting="same_kind")
         else:
             out[s: s + block] = np.abs(spec) ** power
+    return out
+
+
+def mel_frames(y: np.ndarray, basis: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0,
+               block: int = 48) -> np.ndarray:
+    """Mel power spectrogram ``[n_mels, 1 + n_samples // hop_length]`` float32, block by block.
+
+    Equal to ``basis @ power_stft(y, ...)``, but each block of frames is projected onto the
+    mel ``basis`` ``[n_mels, 1 + n_fft // 2]`` as soon as it is transformed, so the full
+    linear-frequency spectrogram (8x the mel one) never exists: an hour of audio needs
+    ~40 MB for its mel spectrogram instead of ~320 MB more for the STFT.
+    """
+    import scipy.fft
+
+    pad = n_fft // 2
+    padded = np.zeros(len(y) + 2 * pad, dtype=np.float32)
+    padded[pad: pad + len(y)] = y
+    n_frames = 1 + len(y) // hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
+    window = _hann(n_fft)
+    out = np.empty((basis.shape[0], n_frames), dtype=np.float32)
+    power_block = np.empty((min(block, n_frames), 1 + n_fft // 2), dtype=np.float32)
+    for s in range(0, n_frames, block):
+        spec = scipy.fft.rfft(window * frames[s: s + block], axis=-1, workers=1)
+        pb = power_block[: spec.shape[0]]
+        if power == 2.0:
+            np.add(spec.real * spec.real, spec.imag * spec.imag, out=pb, casting="same_kind")
+        else:
+            pb[...] = np.abs(spec) ** power
+        np.matmul(basis, pb.T, out=out[:, s: s + spec.shape[0]])
     return out
 
 

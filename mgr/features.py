@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mgr.config import FeatureConfig
-from mgr.dsp import mel_filters, power_frames
+from mgr.dsp import mel_filters, mel_frames
 from mgr.errors import ConfigError
 
 __all__ = ["log_mel", "pad_value", "fit_frames", "window_starts", "cut_windows", "spread_starts"]
@@ -36,9 +36,8 @@ def log_mel(y: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1:
         raise ConfigError(f"log_mel expects mono audio [n_samples], got shape {y.shape}")
-    frames = power_frames(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=cfg.power)
     basis = mel_filters(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
-    mel = basis @ frames.T  # BLAS takes the transposed operand as is: [n_mels, n_frames]
+    mel = mel_frames(y, basis, n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=cfg.power)
     mel[mel == 0] = cfg.floor
     return np.log(mel).astype(np.float32, copy=False)
 
