@@ -139,6 +139,39 @@ def _write_parts(batch: pa.Table, *, output: str, schema: pa.Schema, endpoint_ur
     return batch.select(list(labelset.SUMMARY_COLUMNS))
 
 
+#: files per block of the fused CPU stage (one part file each)
+FUSED_FILES_PER_BLOCK = 16
+
+
+def _fused_cpu_stage(todo, feat_kwargs, pred_kwargs, *, output, schema, endpoint_url, files_per_task):
+    """CPU only: decode, model and write in one actor stage, one actor per CPU.
+
+    Each actor loads the model once and always has its next block queued; no window ever
+    goes through the object store and no CPU waits between tasks (the same shape as the
+    extraction job). GPU actors keep the split stages (CPU decode tasks → GPU model).
+    """
+    import ray
+
+    class _Labeler:
+        def __init__(self):
+            from mgr.label_steps import Predictor
+
+            self.predict = Predictor(**pred_kwargs)
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            from mgr.label_steps import featurize
+
+            return _write_parts(self.predict(featurize(batch, **feat_kwargs)), output=output, schema=schema,
+                                endpoint_url=endpoint_url)
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    per_block = max(files_per_task, FUSED_FILES_PER_BLOCK)
+    n_blocks = min(len(todo), max(4 * cpus, math.ceil(len(todo) / per_block)))
+    ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
+    return ds.map_batches(_Labeler, batch_size=None, batch_format="pyarrow", num_cpus=1,
+                          compute=ray.data.ActorPoolStrategy(size=min(cpus, n_blocks), max_tasks_in_flight_per_actor=2))
+
+
 def _resources(gpus_per_actor: float, cpus_per_actor: float | None,
                actors: tuple[int, int] | None) -> tuple[float, tuple[int, int]]:
     import ray
@@ -344,24 +377,27 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
         # a worker's StorageError reaches the driver as itself, not as "UDF failed" (its text lost)
         ray.data.DataContext.get_current().raise_original_map_exception = True
         cpa, (amin, amax) = _resources(gpus_per_actor, cpus_per_actor, actors)
-        n_blocks = max(1, min(len(todo), math.ceil(len(todo) / files_per_task)))
-        ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
-        ds = ds.map_batches(featurize, batch_size=files_per_task, batch_format="pyarrow", num_cpus=1,
-                            fn_kwargs={"feature_config": feature_config, "max_seconds": max_seconds,
-                                       "width": width, "hop": hop, "max_windows": max_windows,
-                                       "endpoint_url": endpoint_url})
-        ds = ds.map_batches(
-            Predictor, batch_size=files_per_task, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=amin, max_size=amax),
-            num_cpus=cpa, num_gpus=gpus_per_actor or None,
-            fn_constructor_kwargs={"model_dir": model_dir, "schema": schema, "width": width, "hop": hop,
-                                   "top_k": top_k, "batch_size": batch_size, "per_step": per_step,
-                                   "device": "cuda" if gpus_per_actor > 0 else "cpu",
-                                   "torch_threads": max(1, int(cpa)), "max_windows": max_windows,
-                                   "min_confidence": min_confidence, "endpoint_url": endpoint_url},
-        )
-        ds = ds.map_batches(_write_parts, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=0.25,
-                            fn_kwargs={"output": output, "schema": schema, "endpoint_url": endpoint_url})
+        feat_kwargs = {"feature_config": feature_config, "max_seconds": max_seconds, "width": width, "hop": hop,
+                       "max_windows": max_windows, "endpoint_url": endpoint_url}
+        pred_kwargs = {"model_dir": model_dir, "schema": schema, "width": width, "hop": hop, "top_k": top_k,
+                       "batch_size": batch_size, "per_step": per_step,
+                       "device": "cuda" if gpus_per_actor > 0 else "cpu", "torch_threads": max(1, int(cpa)),
+                       "max_windows": max_windows, "min_confidence": min_confidence, "endpoint_url": endpoint_url}
+        if gpus_per_actor <= 0 and actors is None and cpus_per_actor is None:
+            ds = _fused_cpu_stage(todo, feat_kwargs, pred_kwargs, output=output, schema=schema,
+                                  endpoint_url=endpoint_url, files_per_task=files_per_task)
+        else:
+            n_blocks = max(1, min(len(todo), math.ceil(len(todo) / files_per_task)))
+            ds = ray.data.from_items(todo, override_num_blocks=n_blocks)
+            ds = ds.map_batches(featurize, batch_size=files_per_task, batch_format="pyarrow", num_cpus=1,
+                                fn_kwargs=feat_kwargs)
+            ds = ds.map_batches(
+                Predictor, batch_size=files_per_task, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(min_size=amin, max_size=amax),
+                num_cpus=cpa, num_gpus=gpus_per_actor or None, fn_constructor_kwargs=pred_kwargs,
+            )
+            ds = ds.map_batches(_write_parts, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=0.25,
+                                fn_kwargs={"output": output, "schema": schema, "endpoint_url": endpoint_url})
         files = errors = 0
         minutes = decoded = 0.0
         hist: collections.Counter = collections.Counter()
