@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["hz_to_mel", "mel_to_hz", "mel_filters", "mel_frames", "power_frames", "power_stft"]
+__all__ = ["hz_to_mel", "mel_to_hz", "mel_filters", "mel_frames"]
 
 _F_SP = 200.0 / 3  # Slaney: linear below 1 kHz
 _MIN_LOG_HZ = 1000.0
@@ -63,41 +63,12 @@ def _hann(n_fft: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
 
 
-def power_frames(y: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0, block: int = 48) -> np.ndarray:
-    """``|STFT|**power`` frame-major: ``[1 + n_samples // hop_length, 1 + n_fft // 2]`` float32.
-
-    Centred, zero-padded frames with a periodic Hann window, as
-    ``np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length, pad_mode="constant")).T ** power``;
-    frame-major so that no transposing copy is needed before the mel projection.
-    ``block`` frames are windowed and transformed at once: small enough to stay in the CPU
-    cache (2x faster than one big transform), and memory stays bounded for hour-long files.
-    """
-    import scipy.fft
-
-    pad = n_fft // 2
-    padded = np.zeros(len(y) + 2 * pad, dtype=np.float32)
-    padded[pad: pad + len(y)] = y
-    n_frames = 1 + len(y) // hop_length
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n_frames]
-    window = _hann(n_fft)
-    out = np.empty((n_frames, 1 + n_fft // 2), dtype=np.float32)
-    for s in range(0, n_frames, block):
-        # float64 as librosa computes it (a float32 FFT is faster but its rounding noise, though
-        # 1e-7 of a frame's peak, moves the log of quiet bands by up to ~1 nat); scipy's
-        # pocketfft is ~1.5x faster than numpy's for these sizes
-        spec = scipy.fft.rfft(window * frames[s: s + block], axis=-1, workers=1)
-        if power == 2.0:
-            np.add(spec.real * spec.real, spec.imag * spec.imag, out=out[s: s + block], casting="same_kind")
-        else:
-            out[s: s + block] = np.abs(spec) ** power
-    return out
-
-
 def mel_frames(y: np.ndarray, basis: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0,
                block: int = 48) -> np.ndarray:
     """Mel power spectrogram ``[n_mels, 1 + n_samples // hop_length]`` float32, block by block.
 
-    Equal to ``basis @ power_stft(y, ...)``, but each block of frames is projected onto the
+    Equal to ``basis @ np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length,
+    pad_mode="constant")) ** power`` (centred, zero-padded frames, periodic Hann window), but each block of frames is projected onto the
     mel ``basis`` ``[n_mels, 1 + n_fft // 2]`` as soon as it is transformed, so the full
     linear-frequency spectrogram (8x the mel one) never exists: an hour of audio needs
     ~40 MB for its mel spectrogram instead of ~320 MB more for the STFT.
@@ -121,8 +92,3 @@ def mel_frames(y: np.ndarray, basis: np.ndarray, *, n_fft: int, hop_length: int,
             pb[...] = np.abs(spec) ** power
         np.matmul(basis, pb.T, out=out[:, s: s + spec.shape[0]])
     return out
-
-
-def power_stft(y: np.ndarray, *, n_fft: int, hop_length: int, power: float = 2.0) -> np.ndarray:
-    """:func:`power_frames` band-major: ``[1 + n_fft // 2, 1 + n_samples // hop_length]``."""
-    return np.ascontiguousarray(power_frames(y, n_fft=n_fft, hop_length=hop_length, power=power).T)

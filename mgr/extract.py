@@ -9,6 +9,7 @@ the files not yet there; ``_features.json`` is written last, once every input is
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import math
 import time
 from collections import Counter
@@ -250,11 +251,18 @@ def _run_pipeline(todo, output_uri, *, sizes, cfg, max_seconds, files_per_task, 
             # a fixed size: Ray Data 2.60 may cancel a still-starting actor when a pool shrinks
             compute=ray.data.ActorPoolStrategy(size=min(cpus, len(items)), max_tasks_in_flight_per_actor=2),
         )
+        failed = None
         try:
             for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 pass
         except Exception as exc:  # noqa: BLE001 - a storage or cluster failure, not a file's
-            raise JobError(f"extraction failed while writing {output_uri}: {worker_cause(exc)}") from exc
+            failed = f"extraction failed while writing {output_uri}: {worker_cause(exc)}"
+        if failed:
+            # The failed dataset's actors keep their CPUs until it is collected (the exception
+            # chain would hold it): free them now so a later job on this Ray is not starved.
+            del ds
+            gc.collect()
+            raise JobError(failed)
 
 
 def worker_cause(exc: BaseException) -> str:

@@ -403,6 +403,7 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
         hist: collections.Counter = collections.Counter()
         examples: list[str] = []
         error_uris: list[str] = []
+        failed = None
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for uri, genre, dur, dec, err in zip(*(batch.column(c).to_pylist() for c in labelset.SUMMARY_COLUMNS)):
@@ -419,8 +420,14 @@ def _run_pipeline(todo: list[dict], output: str, *, model_dir: str, schema: pa.S
         except Exception as exc:  # noqa: BLE001 - a storage, model or cluster failure, not a file's
             from mgr.extract import worker_cause
 
-            raise JobError(f"labeling into {output} failed: {worker_cause(exc)}; re-run the command to "
-                           "resume") from exc
+            failed = f"labeling into {output} failed: {worker_cause(exc)}; re-run the command to resume"
+        if failed:
+            import gc
+
+            # free the failed dataset's actors (and their CPUs) now, not when the chain is collected
+            del ds
+            gc.collect()
+            raise JobError(failed)
     if files != len(todo):
         raise JobError(f"labeling wrote {files} rows for {len(todo)} files; re-run the command to finish")
     return {"files": files, "errors": errors, "error_uris": error_uris, "unknown": hist.get(labelset.UNKNOWN, 0),

@@ -14,16 +14,14 @@ so an unfinished write (``.tmp-*``) is never read as data.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import uuid
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from mgr import storage
+from mgr.parts import list_parts, part_name, write_part  # noqa: F401  (labels parts are mgr's parts)
 from mgr.errors import ConfigError, StorageError
 
 __all__ = [
@@ -233,23 +231,6 @@ class ExistingOutput:
         return not self.files and self.marker is None
 
 
-def _data_files(fs, path: str) -> tuple[list[str], list[str]]:
-    """``(parquet data files, leftover temporary files)`` under ``path``."""
-    fs.invalidate_cache(path)  # other processes write here: never trust a cached listing
-    if not fs.exists(path):
-        return [], []
-    if fs.isfile(path):
-        raise StorageError(f"OUTPUT {path} is a file; labels are written into a folder")
-    data, tmp = [], []
-    for p in sorted(fs.find(path)):
-        name = p.rsplit("/", 1)[-1]
-        if name.startswith(".tmp-"):
-            tmp.append(p)
-        elif name.endswith(".parquet") and not name.startswith(("_", ".")):
-            data.append(p)
-    return data, tmp
-
-
 def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = False) -> ExistingOutput:
     """Read the ``uri``/``model_id``/``error`` columns of an OUTPUT for resume.
 
@@ -269,7 +250,7 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
 
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     try:
-        files, tmp = _data_files(fs, path)
+        files, tmp = list_parts(fs, path)
         if clean:
             for p in tmp:
                 fs.rm(p)
@@ -349,38 +330,6 @@ def write_marker(uri: str, marker: dict[str, Any], *, endpoint_url: str | None =
             json.dump(marker, fh, indent=2, sort_keys=True)
     except OSError as exc:
         raise StorageError(f"cannot write {MARKER_NAME} to {uri}: {exc}") from None
-
-
-def part_name(uris: Sequence[str]) -> str:
-    """Deterministic file name of the part holding ``uris``: a retried task rewrites the
-    same file instead of adding duplicate rows."""
-    digest = hashlib.sha1("\n".join(sorted(uris)).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
-
-
-def write_part(table: pa.Table, output: str, *, endpoint_url: str | None = None) -> str:
-    """Write ``table`` as one Parquet file of ``output`` so that it appears only complete.
-
-    Locally the file is written as ``.tmp-*`` and renamed; on S3 an object becomes
-    visible only when its upload completes. Returns the file's path.
-    """
-    import pyarrow.parquet as pq
-
-    name = part_name(table.column("uri").to_pylist())
-    fs, base = storage.filesystem(output, endpoint_url=endpoint_url)
-    final = base.rstrip("/") + "/" + name
-    try:
-        if storage.is_remote(output):
-            with fs.open(final, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-        else:
-            os.makedirs(base, exist_ok=True)
-            tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}-{name}")
-            pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, final)
-    except OSError as exc:
-        raise StorageError(f"cannot write labels to {output}: {exc}") from None
-    return final
 
 
 def resolve_windows(

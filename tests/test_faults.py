@@ -103,26 +103,40 @@ def _mgr_error_line(err: str) -> str:
     return lines[0]
 
 
+def _permanent_write_failure(fs, bucket, s3_endpoint, capsys, argv, expected):
+    """Run one command whose part uploads all answer 403; it must fail with one clear line."""
+    rules = [Rule(403, "AccessDenied", methods=("PUT", "POST"), path=r"/(feat|labels)/part-", limit=None)]
+    with FaultProxy(s3_endpoint, rules) as proxy:
+        code = cli_main([*argv, "--endpoint-url", proxy.url])
+        line = _mgr_error_line(capsys.readouterr().err)
+        assert code == 2 and expected in line and "Access Denied" in line, line
+        assert rules[0].fired >= 1
+    fs.invalidate_cache()
+
+
+# Extraction and labeling each get a fresh proxy: run back to back through one proxy, the
+# second command's requests stalled behind the first one's refused uploads (see the note).
 @pytest.mark.timeout(240)
-def test_s3_permanent_write_failure_is_a_clear_failure_never_complete(ray_local, s3_bucket, s3_endpoint,
-                                                                      tmp_path, capsys):
+def test_s3_permanent_write_failure_extract_is_a_clear_failure_never_complete(ray_local, s3_bucket, s3_endpoint,
+                                                                              tmp_path, capsys):
+    fs, bucket = s3_bucket
+    _small_catalog(fs, bucket, tmp_path)
+    _permanent_write_failure(fs, bucket, s3_endpoint, capsys,
+                             ["extract", f"s3://{bucket}/cat", f"s3://{bucket}/feat"], "extraction failed while writing")
+    # nothing claims to be complete, and the lock was released
+    for name in (f"feat/{MANIFEST_NAME}", f"feat/{storage.LOCK_NAME}"):
+        assert not fs.exists(f"{bucket}/{name}"), name
+
+
+@pytest.mark.timeout(240)
+def test_s3_permanent_write_failure_label_is_a_clear_failure_never_complete(ray_local, s3_bucket, s3_endpoint,
+                                                                            tmp_path, capsys):
     fs, bucket = s3_bucket
     _small_catalog(fs, bucket, tmp_path)
     model = model_dir(tmp_path / "model")
-    rules = [Rule(403, "AccessDenied", methods=("PUT", "POST"), path=r"/(feat|labels)/part-", limit=None)]
-    with FaultProxy(s3_endpoint, rules) as proxy:
-        code = cli_main(["extract", f"s3://{bucket}/cat", f"s3://{bucket}/feat", "--endpoint-url", proxy.url])
-        line = _mgr_error_line(capsys.readouterr().err)
-        assert code == 2 and "extraction failed while writing" in line and "Access Denied" in line, line
-        code = cli_main(["label", f"s3://{bucket}/cat", f"s3://{bucket}/labels", "--model", model,
-                         "--endpoint-url", proxy.url])
-        line = _mgr_error_line(capsys.readouterr().err)
-        assert code == 2 and "labeling into" in line and "Access Denied" in line, line
-        assert rules[0].fired >= 2
-    fs.invalidate_cache()
-    # nothing claims to be complete, and the locks were released
-    for name in (f"feat/{MANIFEST_NAME}", f"labels/{labelset.MARKER_NAME}", f"feat/{storage.LOCK_NAME}",
-                 f"labels/{storage.LOCK_NAME}"):
+    _permanent_write_failure(fs, bucket, s3_endpoint, capsys,
+                             ["label", f"s3://{bucket}/cat", f"s3://{bucket}/labels", "--model", model], "labeling into")
+    for name in (f"labels/{labelset.MARKER_NAME}", f"labels/{storage.LOCK_NAME}"):
         assert not fs.exists(f"{bucket}/{name}"), name
 
 
