@@ -35,14 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def music_dir() -> Path:
-    for cand in (ROOT.parent / "shared" / "data" / "music", Path("/work/shared/data/music")):
-        if cand.is_dir():
-            return cand
-    sys.exit("needs ../shared/data/music (real recordings)")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, music_dir  # noqa: E402
 
 
 def build_catalog(dest: Path, copies: int) -> int:
