@@ -6,7 +6,6 @@ leaves the worker; any failure becomes the row's ``error`` instead of stopping t
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -77,7 +76,3 @@ def extract_rows(records: Iterable[dict], **options: Any) -> pa.Table:
     """Features rows of ``records`` as one Arrow table with the dataset :data:`SCHEMA`."""
     rows = [extract_record(rec, **options) for rec in records]
     return pa.Table.from_pylist(rows, schema=SCHEMA)
-
-
-def cpu_count() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

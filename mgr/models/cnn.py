@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mgr.errors import ConfigError
-from mgr.models.layers import min_frames, pad_frames
+from mgr.models.layers import min_frames, pad_frames, resolve_config
 
 __all__ = ["CNN", "CNN_PRESETS"]
 
@@ -49,16 +49,7 @@ class CNN(nn.Module):
 
     def __init__(self, n_classes: int, n_mels: int = 128, *, preset: str = "paper", **options) -> None:
         super().__init__()
-        if preset not in CNN_PRESETS:
-            raise ConfigError(f"unknown cnn preset {preset!r}; choose one of {sorted(CNN_PRESETS)}")
-        if n_classes < 2 or n_mels < 1:
-            raise ConfigError(f"cnn needs n_classes >= 2 and n_mels >= 1, got {n_classes}, {n_mels}")
-        cfg = dict(CNN_PRESETS[preset])
-        unknown = set(options) - set(cfg)
-        if unknown:
-            raise ConfigError(f"unknown cnn options {sorted(unknown)}; known: {sorted(cfg)}")
-        if preset != "paper":
-            cfg.update(options)
+        cfg = resolve_config("cnn", CNN_PRESETS, preset, n_classes, n_mels, options)
         self.preset = preset
         self.n_classes, self.n_mels = int(n_classes), int(n_mels)
         self.config = cfg

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mgr.errors import ConfigError
-from mgr.models.layers import ConvBlock, min_frames, pad_frames, time_weights
+from mgr.models.layers import ConvBlock, min_frames, pad_frames, resolve_config, time_weights
 
 __all__ = ["CRNN", "CRNN_PRESETS", "AVERAGES"]
 
@@ -48,16 +48,7 @@ class CRNN(nn.Module):
     def __init__(self, n_classes: int, n_mels: int = 128, *, average: str = "weighted",
                  preset: str = "paper", **options) -> None:
         super().__init__()
-        if preset not in CRNN_PRESETS:
-            raise ConfigError(f"unknown crnn preset {preset!r}; choose one of {sorted(CRNN_PRESETS)}")
-        if n_classes < 2 or n_mels < 1:
-            raise ConfigError(f"crnn needs n_classes >= 2 and n_mels >= 1, got {n_classes}, {n_mels}")
-        cfg = dict(CRNN_PRESETS[preset])
-        unknown = set(options) - set(cfg)
-        if unknown:
-            raise ConfigError(f"unknown crnn options {sorted(unknown)}; known: {sorted(cfg)}")
-        if preset != "paper":
-            cfg.update(options)
+        cfg = resolve_config("crnn", CRNN_PRESETS, preset, n_classes, n_mels, options)
         self.preset, self.config = preset, cfg
         self.n_classes, self.n_mels = int(n_classes), int(n_mels)
         self.average = average

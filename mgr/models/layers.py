@@ -60,3 +60,27 @@ def time_weights(n_steps: int, *, average: str, device=None, dtype=torch.float32
     else:
         w = torch.ones(n_steps, device=device, dtype=dtype)
     return w / w.sum()
+
+
+def resolve_config(kind: str, presets: dict, preset: str, n_classes: int, n_mels: int, options: dict) -> dict:
+    """A model's configuration: its ``preset`` with ``options`` applied (the ``paper``
+    preset is fixed, so published weights always fit it).
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset or option, fewer than 2 classes or no mel band.
+    """
+    from mgr.errors import ConfigError
+
+    if preset not in presets:
+        raise ConfigError(f"unknown {kind} preset {preset!r}; choose one of {sorted(presets)}")
+    if n_classes < 2 or n_mels < 1:
+        raise ConfigError(f"{kind} needs n_classes >= 2 and n_mels >= 1, got {n_classes}, {n_mels}")
+    cfg = dict(presets[preset])
+    unknown = set(options) - set(cfg)
+    if unknown:
+        raise ConfigError(f"unknown {kind} options {sorted(unknown)}; known: {sorted(cfg)}")
+    if preset != "paper":
+        cfg.update(options)
+    return cfg
