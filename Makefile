@@ -25,6 +25,7 @@ demo: install
 	$(VENV)/bin/mgr demo --workdir demo-run $(if $(MUSIC),--music $(MUSIC))
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # benchmarks print JSON lines; run them on a quiet machine

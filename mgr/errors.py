@@ -13,6 +13,8 @@ __all__ = [
     "LabelSourceError",
     "ModelError",
     "JobError",
+    "user_error",
+    "worker_cause",
 ]
 
 
@@ -25,7 +27,22 @@ class ConfigError(MgrError, ValueError):
 
 
 class StorageError(MgrError):
-    """An input or output location cannot be listed, read or written."""
+    """An input or output location cannot be listed, read or written.
+
+    ``retryable`` is True when trying again may succeed (a network error, throttling that
+    outlasted the retries, a timeout), False when it will not (missing, access denied).
+    """
+
+    def __init__(self, message: str = "", *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+    def __reduce__(self):  # keep ``retryable`` when Ray pickles the error across processes
+        return (_storage_error, (str(self), self.retryable))
+
+
+def _storage_error(message: str, retryable: bool) -> "StorageError":
+    return StorageError(message, retryable=retryable)
 
 
 class AudioError(MgrError):
@@ -42,3 +59,29 @@ class ModelError(MgrError):
 
 class JobError(MgrError):
     """A Ray job or cluster could not be reached, submitted, or it failed."""
+
+
+def _chain(exc: BaseException | None):
+    """``exc`` and the exceptions behind it: Ray's ``cause`` (a task error's original), then
+    ``__cause__`` / ``__context__``; each once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        inner = getattr(exc, "cause", None)
+        exc = inner if isinstance(inner, BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def user_error(exc: BaseException | None) -> MgrError | None:
+    """The :class:`MgrError` behind ``exc`` (Ray wraps task errors in its own), or None."""
+    return next((e for e in _chain(exc) if isinstance(e, MgrError)), None)
+
+
+def worker_cause(exc: BaseException) -> str:
+    """One line saying why a Ray job failed: the message of the MgrError a worker raised
+    (Ray wraps it in a task error whose text is a remote traceback), else the first line."""
+    for e in _chain(exc):
+        if isinstance(e, MgrError) and not isinstance(getattr(e, "cause", None), BaseException):
+            return str(e).strip().splitlines()[0]
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

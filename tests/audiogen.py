@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from mgr.synth import CODECS as FORMATS  # noqa: F401  (re-exported for tests)
-from mgr.synth import write_audio  # noqa: F401  (the one writer, chunked)
+from mgr.experiments.synth import CODECS as FORMATS  # noqa: F401  (re-exported for tests)
+from mgr.experiments.synth import write_audio  # noqa: F401  (the one writer, chunked)
 
 #: name → (beats per minute, base MIDI note, harmonics, noise level, scale)
 STYLES = {

@@ -313,8 +313,8 @@ def model_dir(path, *, genres=("drone", "techno", "chime"), seed: int = 0) -> st
     import torch
 
     from mgr.config import PRESETS
-    from mgr.features import pad_value
-    from mgr.modeldir import save_model_dir
+    from mgr.audio.features import pad_value
+    from mgr.models.modeldir import save_model_dir
     from mgr.models import build_model
 
     cfg = PRESETS["paper"]

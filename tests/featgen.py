@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgr.config import FeatureConfig
-from mgr.featureset import MANIFEST_NAME, SCHEMA, encode_mel
+from mgr.datasets.featureset import MANIFEST_NAME, SCHEMA, encode_mel
 
 __all__ = ["synthetic_mel", "write_features"]
 

@@ -12,10 +12,12 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from mgr import labelset, storage
-from mgr.extract import extract
-from mgr.featureset import MANIFEST_NAME, read_manifest
-from mgr.label import label_catalog
+from mgr.datasets import labelset
+
+from mgr.io import storage
+from mgr.pipelines.extract import extract
+from mgr.datasets.featureset import MANIFEST_NAME, read_manifest
+from mgr.pipelines.label import label_catalog
 from tests.audiogen import music_like, write_audio
 from tests.faults import NON_UTF8_NAME, FaultProxy, Rule, bad_corpus, model_dir, snapshot, write_long_wav
 
@@ -116,14 +118,14 @@ from mgr.config import PRESETS
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 if kind == "extract":
-    from mgr.extract_step import extract_record
+    from mgr.pipelines.extract_step import extract_record
     base = peak_mb()
     r = extract_record({"uri": path}, cfg=PRESETS["paper"], max_seconds=None)
     out = {"error": r["error"], "duration_s": r["duration_s"], "n_frames": r["n_frames"]}
 else:
-    from mgr.label_steps import Predictor, featurize
-    from mgr.labelset import labels_schema
-    from mgr.modeldir import load_model_dir
+    from mgr.pipelines.label_steps import Predictor, featurize
+    from mgr.datasets.labelset import labels_schema
+    from mgr.models.modeldir import load_model_dir
     lm = load_model_dir(model)
     base = peak_mb()
     t = featurize(pa.table({"uri": [path], "track_id": ["h"]}), feature_config=PRESETS["paper"].to_dict(),

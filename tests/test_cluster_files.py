@@ -143,7 +143,7 @@ def test_images_and_ray_versions_agree_with_the_pin():
 
 
 def test_rayjob_entrypoints_exist_and_parse_with_mgrs_cli():
-    from mgr.cli import build_parser
+    from mgr.commands import build_parser
 
     jobs = _rayjobs()
     assert set(jobs) == {"extract", "train", "label"}

@@ -6,7 +6,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from mgr.demo import SIZES, generate_collection, run_demo
+from mgr.experiments.demo import SIZES, generate_collection, run_demo
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,7 +28,7 @@ def test_generated_collection_has_the_catalog_layout(tmp_path):
 def test_quick_demo_runs_end_to_end(ray_local, tmp_path):
     music = tmp_path / "music"
     music.mkdir()
-    from mgr.synth import clip
+    from mgr.experiments.synth import clip
     import soundfile as sf
 
     sf.write(music / "real.ogg", clip("jazz", 8.0, seed=5), 22050)

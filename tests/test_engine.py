@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mgr import engine
+from mgr.training import engine
 from mgr.config import PRESETS, FeatureConfig
 from mgr.errors import ConfigError
 from mgr.models import build_model

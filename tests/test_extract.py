@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mgr.audio import decode
+from mgr.audio.decode import decode
 from mgr.cli import main
 from mgr.config import PRESETS
-from mgr.extract import extract
-from mgr.features import log_mel
-from mgr.featureset import decode_mel, read_manifest
+from mgr.pipelines.extract import extract
+from mgr.audio.features import log_mel
+from mgr.datasets.featureset import decode_mel, read_manifest
 from tests.audiogen import genre_tree, music_like, write_audio
 
 pytestmark = pytest.mark.timeout(300)

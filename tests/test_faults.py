@@ -16,12 +16,14 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from mgr import labelset, storage
+from mgr.datasets import labelset
+
+from mgr.io import storage
 from mgr.cli import main as cli_main
 from mgr.errors import JobError, MgrError
-from mgr.extract import extract
-from mgr.featureset import MANIFEST_NAME
-from mgr.label import label_catalog
+from mgr.pipelines.extract import extract
+from mgr.datasets.featureset import MANIFEST_NAME
+from mgr.pipelines.label import label_catalog
 from tests.audiogen import music_like, write_audio
 from tests.faults import FaultProxy, Rule, model_dir, write_long_wav
 
@@ -172,7 +174,7 @@ def test_sigint_to_mgr_extract_then_rerun_finishes_without_redoing(ray_local, so
 
 _LABEL_DRIVER = """
 import sys
-from mgr.label import label_catalog
+from mgr.pipelines.label import label_catalog
 try:
     label_catalog(sys.argv[1], sys.argv[2], model_dir=sys.argv[3], files_per_task=1, rows_per_file=1, num_cpus=2)
 except KeyboardInterrupt:
@@ -226,8 +228,8 @@ work, cat, model = sys.argv[1:4]
 import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
-from mgr.extract import extract
-from mgr.label import label_catalog
+from mgr.pipelines.extract import extract
+from mgr.pipelines.label import label_catalog
 
 # Cluster() writes its address to /tmp/ray/ray_current_cluster and never removes it: every
 # later plain ray.init() on this machine (other tests, other sessions) would then try to join
@@ -358,7 +360,7 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tmp_path
     still reaches high accuracy."""
     import ray
 
-    from mgr.train import train
+    from mgr.pipelines.train import train
     from tests.featgen import write_features
 
     feats = str(tmp_path / "feat")

@@ -6,11 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from mgr.audio import decode, probe
+from mgr.audio.decode import decode, probe
 from mgr.config import PRESETS, FeatureConfig, get_preset
-from mgr.dsp import mel_filters
+from mgr.audio.dsp import mel_filters
 from mgr.errors import AudioError, ConfigError
-from mgr.features import cut_windows, fit_frames, log_mel, pad_value, spread_starts, window_starts
+from mgr.audio.features import log_mel, pad_value
+from mgr.inference.windows import cut_windows, fit_frames, spread_starts, window_starts
 from tests.audiogen import music_like, write_audio
 
 PAPER = PRESETS["paper"]
@@ -116,8 +117,8 @@ def test_windows_follow_the_design_rule():
 
 def test_pure_modules_do_not_import_ray():
     code = (
-        "import sys, mgr.features, mgr.audio, mgr.dsp, mgr.featureset, mgr.sources, mgr.extract_step\n"
-        "try:\n    import mgr.models, mgr.engine\nexcept ModuleNotFoundError:\n    pass\n"
+        "import sys, mgr.audio.features, mgr.audio.decode, mgr.audio.dsp, mgr.datasets.featureset, mgr.datasets.sources, mgr.pipelines.extract_step\n"
+        "try:\n    import mgr.models, mgr.training.engine\nexcept ModuleNotFoundError:\n    pass\n"
         "print('ray' in sys.modules, 'librosa' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

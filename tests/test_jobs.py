@@ -140,7 +140,7 @@ def test_address_from_environment_and_missing_address():
 
 
 def test_runtime_env_has_no_secrets_and_skips_heavy_folders(monkeypatch):
-    from mgr.jobs_client import build_runtime_env, entrypoint, pip_requirements
+    from mgr.remote.jobs_client import build_runtime_env, entrypoint, pip_requirements
 
     for key, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
@@ -225,7 +225,7 @@ def test_submit_extract_wait_then_track(ray_head, tiny_audio):
     )
     assert table.column("error").null_count == 4
     assert sorted(set(table.column("label").to_pylist())) == ["chime", "drone"]
-    from mgr.featureset import MANIFEST_NAME
+    from mgr.datasets.featureset import MANIFEST_NAME
 
     assert (out / MANIFEST_NAME).exists()
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mgr.cli import main
-from mgr.modeldir import load_model_dir
+from mgr.models.modeldir import load_model_dir
 from tests import keras_reference as kr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def test_s3_in_and_out(tmp_path, s3_bucket, s3_endpoint):
 
 
 def test_import_does_not_pull_ray():
-    code = "import sys, mgr.keras_import, mgr.commands.import_keras; sys.exit('ray' in sys.modules)"
+    code = "import sys, mgr.interop.keras.importer, mgr.commands.import_keras; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ)).returncode == 0
 
 
@@ -283,7 +283,7 @@ EXCERPT_S = 30.5  # 657 frames: one 647-frame window for a labeler with H = W/2
 @pytest.fixture(scope="module")
 def real_excerpts():
     """The first 30.5 s of each real recording, decoded at 22050 Hz mono: ``{name: y}``."""
-    from mgr.audio import decode
+    from mgr.audio.decode import decode
 
     out = {}
     for name in sorted(EXPECTED_TOP):
@@ -302,7 +302,8 @@ def paper_model(tmp_path_factory):
 def reference_inputs(excerpts: dict) -> np.ndarray:
     """``[13, 128, 647]``: ln mel power of the first 647 frames, as the reference code computed it."""
     from mgr.config import PRESETS
-    from mgr.features import fit_frames, log_mel, pad_value
+    from mgr.audio.features import log_mel, pad_value
+    from mgr.inference.windows import fit_frames
 
     cfg = PRESETS["paper"]
     return np.stack([fit_frames(log_mel(y, cfg=cfg), 647, pad=pad_value(cfg)) for y in excerpts.values()])

@@ -11,15 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mgr import labelset
-from mgr.audio import decode
+from mgr.datasets import labelset
+from mgr.audio.decode import decode
 from mgr.cli import main as cli_main
 from mgr.config import PRESETS
 from mgr.errors import ConfigError, ModelError
-from mgr.features import cut_windows, log_mel, pad_value, window_starts
-from mgr.label import label_catalog
+from mgr.audio.features import log_mel, pad_value
+from mgr.inference.windows import cut_windows, window_starts
+from mgr.pipelines.label import label_catalog
 from mgr.models import build_model
-from mgr.modeldir import load_model_dir, save_model_dir
+from mgr.models.modeldir import load_model_dir, save_model_dir
 from tests.audiogen import genre_tree, music_like, write_audio
 from tests.conftest import TEST_CREDENTIALS
 

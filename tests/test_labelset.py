@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mgr import labelset
+from mgr.datasets import labelset
 from mgr.config import PRESETS
 from mgr.errors import ConfigError, StorageError
-from mgr.features import cut_windows, window_starts
+from mgr.inference.windows import cut_windows, window_starts
 
 GENRES = ["rock", "jazz", "pop"]
 
@@ -130,5 +130,5 @@ def test_labelset_imports_no_ray():
     import subprocess
     import sys
 
-    code = "import sys, mgr.labelset, mgr.label_steps; assert 'ray' not in sys.modules"
+    code = "import sys, mgr.datasets.labelset, mgr.pipelines.label_steps; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

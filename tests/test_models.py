@@ -12,14 +12,14 @@ import torch
 
 from mgr.config import PRESETS
 from mgr.errors import ConfigError, ModelError
-from mgr.features import pad_value
+from mgr.audio.features import pad_value
 from mgr.models import CNN, CRNN, MODELS, build_model
 from mgr.models.layers import time_weights
-from mgr.modeldir import load_model_dir, save_model_dir
+from mgr.models.modeldir import load_model_dir, save_model_dir
 
 
 def test_importing_models_does_not_import_ray():
-    code = "import sys, mgr.models, mgr.modeldir, mgr.engine, mgr.evaluate, mgr.train, mgr.train_loop, mgr.plots; print('ray' in sys.modules)"
+    code = "import sys, mgr.models, mgr.models.modeldir, mgr.training.engine, mgr.pipelines.evaluate, mgr.pipelines.train, mgr.pipelines.train_loop, mgr.reporting.plots; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mgr.cli import COMMANDS, build_parser
+from mgr.commands import COMMANDS, build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

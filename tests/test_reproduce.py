@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mgr.cli import main
-from mgr.results import (build_results, mean_std, normal_halfwidth, pct, render_markdown, scaling_rows,
+from mgr.experiments.results import (build_results, mean_std, normal_halfwidth, pct, render_markdown, scaling_rows,
                          table_rows, wilson_interval)
 from tests.audiogen import genre_tree, music_like, write_audio
 from tests.featgen import write_features
@@ -79,7 +79,7 @@ def test_markdown_shows_the_table_numbers_runs_and_throughput():
 # ---------------------------------------------------------------- per-seed split copies
 
 def test_seed_features_copies_every_row_with_a_new_split(tmp_path):
-    from mgr.reproduce import seed_features
+    from mgr.experiments.reproduce import seed_features
 
     src = str(tmp_path / "feat")
     write_features(src, n_genres=3, per_split={"train": 10, "val": 10, "test": 10}, n_mels=8, frames=20)
@@ -107,9 +107,9 @@ def test_step_figures_match_the_model_and_are_png(tmp_path):
     import torch
 
     from mgr.config import FeatureConfig
-    from mgr.features import pad_value
-    from mgr.figures import choose_clips, clip_step_probs, running_weighted, write_step_figures
-    from mgr.modeldir import load_model_dir, save_model_dir
+    from mgr.audio.features import pad_value
+    from mgr.experiments.figures import choose_clips, clip_step_probs, running_weighted, write_step_figures
+    from mgr.models.modeldir import load_model_dir, save_model_dir
     from mgr.models import build_model
 
     feat = str(tmp_path / "feat")
@@ -154,7 +154,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
 
 def _check_results(out, results):
     """results.json/md exist and hold exactly what re-evaluating each model dir gives."""
-    from mgr.evaluate import evaluate
+    from mgr.pipelines.evaluate import evaluate
 
     on_disk = json.load(open(os.path.join(out, "results.json")))
     assert on_disk["table"] == json.loads(json.dumps(results["table"]))
@@ -180,8 +180,8 @@ def _check_results(out, results):
 
 @pytest.mark.timeout(420)
 def test_reproduce_gtzan_two_seeds(ray_local, tmp_path):
-    from mgr.featureset import read_table
-    from mgr.reproduce import reproduce, seed_features
+    from mgr.datasets.featureset import read_table
+    from mgr.experiments.reproduce import reproduce, seed_features
 
     data = str(tmp_path / "genres")
     genre_tree(data, per_style=8, seconds=3.0, formats=("wav", "mp3"))

@@ -15,8 +15,8 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from mgr import labelset
-from mgr.label import label_catalog
+from mgr.datasets import labelset
+from mgr.pipelines.label import label_catalog
 from tests.audiogen import music_like, write_audio
 from tests.faults import model_dir, snapshot
 
@@ -61,15 +61,15 @@ def test_local_cluster_scripts_bind_to_loopback():
     for s in starts:
         assert "--node-ip-address=127.0.0.1" in s, s
     assert "0.0.0.0" not in text
-    from mgr import runtime
+    from mgr.pipelines import runtime
 
     src = open(runtime.__file__, encoding="utf-8").read()
     assert "include_dashboard=False" in src  # the embedded Ray opens no dashboard at all
 
 
 def test_worker_and_job_environments_hold_no_secrets(monkeypatch):
-    from mgr.jobs_client import build_runtime_env
-    from mgr.runtime import worker_env
+    from mgr.remote.jobs_client import build_runtime_env
+    from mgr.pipelines.runtime import worker_env
 
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-" + uuid.uuid4().hex, "AWS_SESSION_TOKEN": "tok-" + uuid.uuid4().hex,
                "RAY_AUTH_TOKEN": "ray-" + uuid.uuid4().hex, "HF_TOKEN": "hf-" + uuid.uuid4().hex}

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from mgr.errors import ConfigError, LabelSourceError
-from mgr.sources import parse_labels_spec, records_for
-from mgr.sources.fma import fma_records, read_tracks
-from mgr.sources.split import assign_splits, parse_ratios
+from mgr.datasets.sources import parse_labels_spec, records_for
+from mgr.datasets.sources.fma import fma_records, read_tracks
+from mgr.datasets.sources.split import assign_splits, parse_ratios
 
 FMA_NO_AUDIO = ("099134", "108925", "133297")
 

@@ -9,8 +9,8 @@ import pytest
 
 from mgr.cli import main
 from mgr.errors import ConfigError
-from mgr.featureset import MANIFEST_NAME
-from mgr.modeldir import load_model_dir
+from mgr.datasets.featureset import MANIFEST_NAME
+from mgr.models.modeldir import load_model_dir
 from tests.featgen import write_features
 
 SMALL = {"channels": 32, "hidden": 32}
@@ -26,7 +26,7 @@ def features(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cnn_run(ray_local, features, tmp_path_factory):
-    from mgr.train import train
+    from mgr.pipelines.train import train
 
     out = str(tmp_path_factory.mktemp("cnn") / "model")
     summary = train(features, out, model="cnn", epochs=10, **COMMON)
@@ -68,7 +68,7 @@ def test_cnn_trains_to_high_accuracy_and_writes_the_model_dir(cnn_run, features,
 
 @pytest.mark.timeout(240)
 def test_rerun_resumes_from_the_latest_checkpoint(cnn_run, features):
-    from mgr.train import train
+    from mgr.pipelines.train import train
 
     out, _ = cnn_run
     before = _history(out)
@@ -80,7 +80,7 @@ def test_rerun_resumes_from_the_latest_checkpoint(cnn_run, features):
 
 def test_mismatched_rerun_and_features_are_clear_errors(cnn_run, features, tmp_path, capsys):
     out, _ = cnn_run
-    from mgr.train import train
+    from mgr.pipelines.train import train
 
     with pytest.raises(ConfigError, match="differs in"):
         train(features, out, model="crnn", epochs=1, **COMMON)
@@ -101,7 +101,7 @@ def test_mismatched_rerun_and_features_are_clear_errors(cnn_run, features, tmp_p
 
 @pytest.mark.timeout(300)
 def test_crnn_on_s3_survives_a_killed_worker(ray_local, features, tmp_path, s3_bucket, s3_endpoint, capsys):
-    from mgr.train import train
+    from mgr.pipelines.train import train
 
     _, bucket = s3_bucket
     out = f"s3://{bucket}/models/crnn"

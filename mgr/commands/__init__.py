@@ -3,8 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
-__all__ = ["add_ray_options", "add_storage_options"]
+from mgr import __version__
+
+__all__ = ["COMMANDS", "add_ray_options", "add_storage_options", "build_parser"]
+
+#: subcommand → module under ``mgr.commands`` that registers it
+COMMANDS: dict[str, str] = {
+    "extract": "extract",
+    "train": "train",
+    "evaluate": "evaluate",
+    "label": "label",
+    "import-keras": "import_keras",
+    "submit": "submit",
+    "jobs": "jobs",
+    "demo": "demo",
+    "reproduce": "reproduce",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mgr",
+        description="Music genre recognition as distributed batch jobs on Ray: "
+        "extract log-mel features, train the paper's models, label catalogs.",
+    )
+    parser.add_argument("--version", action="version", version=f"mgr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        try:
+            mod = importlib.import_module(f"mgr.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mgr.commands.{module}":
+                raise
+            continue  # a command not built yet in this checkout
+        mod.register(sub)
+    return parser
 
 
 def add_ray_options(parser: argparse.ArgumentParser) -> None:

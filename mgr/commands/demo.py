@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.demo import run_demo
+    from mgr.experiments.demo import run_demo
 
     music = args.music
     if music is None:

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.evaluate import evaluate, format_report
+    from mgr.pipelines.evaluate import evaluate, format_report
 
     result = evaluate(args.model, args.features, split=args.split, hop_seconds=args.hop_seconds,
                       use_gpu=args.gpu, endpoint_url=args.endpoint_url)

@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.extract import extract
+    from mgr.pipelines.extract import extract
 
     official = args.split == "official"
     summary = extract(

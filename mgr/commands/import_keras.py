@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.keras_import import import_keras
+    from mgr.interop.keras.importer import import_keras
 
     spec = import_keras(args.weights, args.output, genres=args.genres, name=args.name, config_uri=args.config,
                         overwrite=args.overwrite, endpoint_url=args.endpoint_url)

@@ -38,7 +38,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.jobs_client import JobsClient
+    from mgr.remote.jobs_client import JobsClient
 
     client = JobsClient(args.address)
     action = args.jobs_command

@@ -62,7 +62,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.label import label_catalog, parse_actors
+    from mgr.pipelines.label import label_catalog, parse_actors
 
     summary = label_catalog(
         args.catalog,

@@ -27,7 +27,7 @@ def _counts(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    from mgr.reproduce import DATASETS, SPLITS
+    from mgr.experiments.reproduce import DATASETS, SPLITS
 
     p = sub.add_parser(
         "reproduce",
@@ -66,8 +66,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.reproduce import MODEL_ORDER, RECIPES, reproduce
-    from mgr.results import pct
+    from mgr.experiments.reproduce import MODEL_ORDER, RECIPES, reproduce
+    from mgr.experiments.results import pct
 
     results = reproduce(
         args.dataset, args.data, args.output,

@@ -55,7 +55,7 @@ def _add_submit_options(parser: argparse.ArgumentParser, *, suppress: bool = Fal
 
 
 def register(subparsers) -> None:
-    from mgr.jobs_client import KINDS
+    from mgr.remote.jobs_client import KINDS
 
     p = subparsers.add_parser(
         "submit",
@@ -110,7 +110,7 @@ def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Names
     ConfigError
         When ``mgr <kind>`` is not available in this mgr.
     """
-    from mgr.cli import build_parser
+    from mgr.commands import build_parser
 
     parser = build_parser(kind)
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
@@ -154,13 +154,13 @@ def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Names
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.jobs_client import JobsClient
+    from mgr.remote.jobs_client import JobsClient
 
     found, rest = split_submit_options(list(args.args or []))
     opts = {k: getattr(args, k) for k in ("address", "wait", "submission_id", "pip")}
     opts.update(vars(found))
     if "-h" in rest or "--help" in rest:
-        from mgr.cli import build_parser
+        from mgr.commands import build_parser
 
         print(f"mgr submit {args.kind} [--address URL] [--wait] [--submission-id ID] [--pip|--no-pip] ARGS")
         print(f"where ARGS are those of `mgr {args.kind}`:\n")

@@ -9,7 +9,7 @@ from mgr.commands import add_ray_options, add_storage_options
 
 
 def register(sub) -> None:
-    from mgr.engine import RECIPE_PRESETS
+    from mgr.training.engine import RECIPE_PRESETS
     from mgr.models import MODELS
 
     p = sub.add_parser(
@@ -47,7 +47,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgr.train import train
+    from mgr.pipelines.train import train
 
     summary = train(
         args.features,

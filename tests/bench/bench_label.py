@@ -61,9 +61,9 @@ def make_model(path: Path, arch: str) -> None:
     import torch
 
     from mgr.config import PRESETS
-    from mgr.features import pad_value
+    from mgr.audio.features import pad_value
     from mgr.models import build_model
-    from mgr.modeldir import save_model_dir
+    from mgr.models.modeldir import save_model_dir
 
     cfg = PRESETS["paper"]
     genres = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]

@@ -30,11 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mgr import engine  # noqa: E402
-from mgr.features import pad_value  # noqa: E402
-from mgr.featureset import feature_config, read_manifest, to_arrays  # noqa: E402
+from mgr.training import engine  # noqa: E402
+from mgr.audio.features import pad_value  # noqa: E402
+from mgr.datasets.featureset import feature_config, read_manifest, to_arrays  # noqa: E402
 from mgr.models import build_model  # noqa: E402
-from mgr.train import _split_table  # noqa: E402
+from mgr.pipelines.train import _split_table  # noqa: E402
 from tests.featgen import write_features  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def plain_loop(features: str, *, model: str, preset: str, epochs: int, threads: 
 
 def ray_train(features: str, *, model: str, preset: str, epochs: int, workers: int,
               batch_size: int | None, crop_seconds: float | None) -> dict:
-    from mgr.train import train
+    from mgr.pipelines.train import train
 
     out = tempfile.mkdtemp(prefix="mgr-bench-train-")
     try:
@@ -136,7 +136,7 @@ def main() -> int:
         if not args.plain_only:
             import ray
 
-            from mgr.runtime import ray_session
+            from mgr.pipelines.runtime import ray_session
 
             with ray_session(num_cpus=max(args.workers)):
                 ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,0 +1,360 @@
+"""The labels dataset: its Parquet schema, track results from window distributions, and
+reading an existing OUTPUT for resume (pure pyarrow/numpy, no Ray).
+
+A labels dataset is a folder of ``part-*.parquet`` files (one schema across all of them,
+the genre vocabulary and the model id in the schema metadata) plus ``_SUCCESS.json``
+once a run finished. One row per catalog file::
+
+    import pandas as pd
+    df = pd.read_parquet(OUTPUT)   # or pyarrow.parquet.read_table(OUTPUT)
+
+Files and markers whose names start with ``_`` or ``.`` are ignored by pyarrow and pandas,
+so an unfinished write (``.tmp-*``) is never read as data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from mgr.io import storage
+from mgr.io.parts import list_parts, part_name, write_part  # noqa: F401  (labels parts are mgr's parts)
+from mgr.errors import ConfigError, StorageError
+
+__all__ = [
+    "SEGMENT",
+    "SUMMARY_COLUMNS",
+    "UNKNOWN",
+    "RETRYABLE_PREFIX",
+    "drop_rows",
+    "MARKER_NAME",
+    "labels_schema",
+    "genres_of",
+    "track_result",
+    "error_result",
+    "to_table",
+    "segment_times",
+    "ExistingOutput",
+    "read_existing",
+    "read_marker",
+    "write_marker",
+    "write_part",
+    "part_name",
+    "resolve_windows",
+]
+
+MARKER_NAME = "_SUCCESS.json"
+
+SEGMENT = pa.struct(
+    [
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("genre", pa.string()),
+        ("confidence", pa.float32()),
+    ]
+)
+
+#: per-window, per-step, per-class probabilities of a crnn (``--per-step``)
+STEPS = pa.list_(pa.list_(pa.list_(pa.float32())))
+
+_FIELDS = [
+    ("uri", pa.string()),
+    ("track_id", pa.string()),
+    ("genre", pa.string()),
+    ("confidence", pa.float32()),
+    ("top_genres", pa.list_(pa.string())),
+    ("top_probs", pa.list_(pa.float32())),
+    ("probs", pa.list_(pa.float32())),
+    ("segments", pa.list_(SEGMENT)),
+    ("duration_s", pa.float64()),
+    ("decoded_s", pa.float64()),
+    ("model_id", pa.string()),
+    ("error", pa.string()),
+    ("steps", STEPS),
+]
+
+#: the small columns a run returns to the driver for its summary
+SUMMARY_COLUMNS = ("uri", "genre", "duration_s", "decoded_s", "error")
+
+#: start of the ``error`` of a file that failed for a storage/network reason (``--retry-errors``)
+RETRYABLE_PREFIX = "storage: "
+
+#: ``genre`` of a track whose top probability is below ``--min-confidence``
+UNKNOWN = "unknown"
+
+
+def labels_schema(genres: Sequence[str], *, model_id: str, extra_columns: Sequence[str] = ()) -> pa.Schema:
+    """The one schema of every file of a labels dataset.
+
+    Parameters
+    ----------
+    genres : sequence of str
+        The model's vocabulary, in output order (``probs[i]`` is ``genres[i]``).
+    model_id : str
+        The model's id (name + hash of its weights).
+    extra_columns : sequence of str
+        Manifest columns carried through (strings), after the fixed columns.
+
+    Returns
+    -------
+    pa.Schema
+        Columns ``uri, track_id, genre, confidence, top_genres, top_probs, probs,
+        segments, duration_s, decoded_s, model_id, error, steps`` (``decoded_s``: seconds
+        of audio analysed, less than ``duration_s`` with ``--max-windows``; ``steps`` is null
+        unless the run asked for crnn per-step distributions); metadata ``mgr.genres`` (JSON list) and
+        ``mgr.model_id``.
+    """
+    clash = sorted(set(extra_columns) & {name for name, _ in _FIELDS})
+    if clash:
+        raise ConfigError(f"manifest columns {clash} clash with labels columns; rename them")
+    meta = {b"mgr.genres": json.dumps(list(genres)).encode(), b"mgr.model_id": model_id.encode()}
+    return pa.schema(_FIELDS + [(c, pa.string()) for c in extra_columns], metadata=meta)
+
+
+def genres_of(schema: pa.Schema) -> list[str]:
+    """The vocabulary stored in a labels file's schema metadata (empty if absent)."""
+    raw = (schema.metadata or {}).get(b"mgr.genres")
+    return json.loads(raw) if raw else []
+
+
+def segment_times(
+    starts: np.ndarray, *, width: int, n_frames: int, frame_s: float, duration_s: float
+) -> list[tuple[float, float]]:
+    """Start and end (seconds) of each window.
+
+    Parameters
+    ----------
+    starts : np.ndarray
+        ``[n_windows]`` start frames.
+    width : int
+        Window length W in frames.
+    n_frames : int
+        Frames of the track (a padded short track's window ends with the track).
+    frame_s : float
+        Seconds per frame hop.
+    duration_s : float
+        Track duration; no window ends after it.
+    """
+    out = []
+    for s in np.asarray(starts, dtype=np.int64):
+        end_frame = min(int(s) + width, n_frames)
+        start_s = min(float(s) * frame_s, duration_s)
+        out.append((start_s, max(start_s, min(end_frame * frame_s, duration_s))))
+    return out
+
+
+def track_result(
+    window_probs: np.ndarray,
+    *,
+    times: Sequence[tuple[float, float]],
+    genres: Sequence[str],
+    top_k: int,
+    steps: np.ndarray | None = None,
+    min_confidence: float = 0.0,
+) -> dict[str, Any]:
+    """Aggregate a track's window distributions into its result columns.
+
+    Parameters
+    ----------
+    window_probs : np.ndarray
+        ``[n_windows, n_classes]`` distribution of each window (rows sum to 1).
+    times : sequence of (float, float)
+        ``n_windows`` (start_s, end_s) of the windows.
+    genres : sequence of str
+        Vocabulary, ``n_classes`` long.
+    top_k : int
+        How many genres ``top_genres``/``top_probs`` keep (capped at ``n_classes``).
+    steps : np.ndarray, optional
+        ``[n_windows, n_steps, n_classes]`` per-step distributions (crnn ``--per-step``).
+    min_confidence : float
+        Below this top probability ``genre`` is ``"unknown"`` (``top_genres`` and
+        ``confidence`` still say what the model thought).
+
+    Returns
+    -------
+    dict
+        ``genre, confidence, top_genres, top_probs, probs, segments, steps``; the track's
+        distribution is the mean of its windows'.
+    """
+    wp = np.asarray(window_probs, dtype=np.float32)
+    if wp.ndim != 2 or wp.shape[0] == 0 or wp.shape[1] != len(genres):
+        raise ValueError(f"window_probs must be [n_windows>0, {len(genres)}], got {wp.shape}")
+    if len(times) != wp.shape[0]:
+        raise ValueError(f"{len(times)} window times for {wp.shape[0]} windows")
+    probs = wp.mean(axis=0, dtype=np.float64).astype(np.float32)
+    k = max(1, min(int(top_k), len(genres)))
+    order = np.argsort(-probs, kind="stable")[:k]
+    best = np.argmax(wp, axis=1)
+    segments = [
+        {"start_s": float(a), "end_s": float(b), "genre": genres[int(g)], "confidence": float(wp[i, g])}
+        for i, ((a, b), g) in enumerate(zip(times, best))
+    ]
+    return {
+        "genre": genres[int(order[0])] if probs[order[0]] >= min_confidence else UNKNOWN,
+        "confidence": float(probs[order[0]]),
+        "top_genres": [genres[int(i)] for i in order],
+        "top_probs": [float(probs[i]) for i in order],
+        "probs": probs.tolist(),
+        "segments": segments,
+        "steps": None if steps is None else np.asarray(steps, dtype=np.float32).tolist(),
+    }
+
+
+def error_result() -> dict[str, Any]:
+    """Result columns of a file that could not be labeled (all null)."""
+    return {k: None for k in ("genre", "confidence", "top_genres", "top_probs", "probs", "segments", "steps")}
+
+
+def to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts with the schema's columns; missing ones null) → a table of ``schema``."""
+    cols = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+class ExistingOutput:
+    """What an OUTPUT folder already holds: labeled uris, model ids, vocabulary, files."""
+
+    def __init__(self, uris: set[str], model_ids: set[str], genres: list[str], files: list[str],
+                 errors: int, marker: dict[str, Any] | None, retryable: dict[str, list[str]] | None = None) -> None:
+        self.uris, self.model_ids, self.genres, self.files = uris, model_ids, genres, files
+        self.errors, self.marker = errors, marker
+        #: part file → uris of its rows whose error may pass on a retry
+        self.retryable = retryable or {}
+        #: column names of the existing files (empty when there are none)
+        self.columns: list[str] = []
+
+    @property
+    def empty(self) -> bool:
+        return not self.files and self.marker is None
+
+
+def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = False) -> ExistingOutput:
+    """Read the ``uri``/``model_id``/``error`` columns of an OUTPUT for resume.
+
+    Parameters
+    ----------
+    uri : str
+        Labels folder, local or ``s3://``.
+    clean : bool
+        Delete temporary files an interrupted run left behind.
+
+    Raises
+    ------
+    StorageError
+        The folder cannot be listed or a data file cannot be read.
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    try:
+        files, tmp = list_parts(fs, path)
+        if clean:
+            for p in tmp:
+                fs.rm(p)
+    except OSError as exc:
+        raise StorageError(f"cannot list OUTPUT {uri}: {exc}") from None
+    uris: set[str] = set()
+    model_ids: set[str] = set()
+    genres: list[str] = []
+    errors = 0
+    retryable: dict[str, list[str]] = {}
+    columns: list[str] = []
+    for p in files:
+        try:
+            with fs.open(p, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                genres = genres or genres_of(pf.schema_arrow)
+                columns = columns or list(pf.schema_arrow.names)
+                t = pf.read(columns=["uri", "model_id", "error"])
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise StorageError(
+                f"{uri} holds {p.rsplit('/', 1)[-1]}, which is not a readable labels file ({exc}); "
+                "remove it or use --overwrite"
+            ) from None
+        uris.update(t.column("uri").to_pylist())
+        model_ids.update(m for m in t.column("model_id").unique().to_pylist() if m is not None)
+        errors += t.num_rows - t.column("error").null_count
+        again = [u for u, e in zip(t.column("uri").to_pylist(), t.column("error").to_pylist())
+                 if e is not None and e.startswith(RETRYABLE_PREFIX)]
+        if again:
+            retryable[p] = again
+    out = ExistingOutput(uris, model_ids, genres, files, errors, read_marker(uri, endpoint_url=endpoint_url),
+                         retryable)
+    out.columns = columns
+    return out
+
+
+def drop_rows(output: str, part: str, uris: Sequence[str], *, endpoint_url: str | None = None) -> int:
+    """Remove the rows of ``uris`` from the part file ``part`` of ``output``.
+
+    The old file is deleted before the kept rows are written anew (under the name of
+    their uris): an interruption in between loses rows, which the next run labels again,
+    and never duplicates them. Returns the number of rows kept.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(output, endpoint_url=endpoint_url)
+    try:
+        with fs.open(part, "rb") as fh:
+            table = pq.read_table(fh)
+        keep = table.filter(pc.invert(pc.is_in(table.column("uri"), value_set=pa.array(list(uris), pa.string()))))
+        fs.rm(part)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot rewrite {part} of {output}: {exc}") from None
+    if keep.num_rows:
+        write_part(keep, output, endpoint_url=endpoint_url)
+    return keep.num_rows
+
+
+def read_marker(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any] | None:
+    """The completion marker of an OUTPUT, or None when absent."""
+    fs, path = storage.filesystem(storage.join(uri, MARKER_NAME), endpoint_url=endpoint_url)
+    try:
+        with fs.open(path, "r") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {MARKER_NAME} of {uri}: {exc}") from None
+
+
+def write_marker(uri: str, marker: dict[str, Any], *, endpoint_url: str | None = None) -> None:
+    """Write the completion marker ``_SUCCESS.json`` (counts, model id, vocabulary)."""
+    fs, path = storage.filesystem(storage.join(uri, MARKER_NAME), endpoint_url=endpoint_url)
+    try:
+        with fs.open(path, "w") as fh:
+            json.dump(marker, fh, indent=2, sort_keys=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write {MARKER_NAME} to {uri}: {exc}") from None
+
+
+def resolve_windows(
+    *, window_frames: int, frames_per_second: float, window_seconds: float | None = None,
+    hop_seconds: float | None = None,
+) -> tuple[int, int]:
+    """Window length W and hop H in frames.
+
+    W is the model's input length unless ``window_seconds`` asks otherwise; H = W // 2
+    unless ``hop_seconds`` says otherwise (at least one frame each).
+
+    Raises
+    ------
+    ConfigError
+        A non-positive length or hop.
+    """
+    for name, value in (("--window-seconds", window_seconds), ("--hop-seconds", hop_seconds)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    width = int(window_frames)
+    if window_seconds is not None:
+        width = int(np.floor(window_seconds * frames_per_second)) + 1
+    hop = max(1, width // 2)
+    if hop_seconds is not None:
+        hop = max(1, int(round(hop_seconds * frames_per_second)))
+    if width < 1:
+        raise ConfigError(f"window length must be at least one frame, got {width}")
+    return width, hop

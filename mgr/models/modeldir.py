@@ -1,0 +1,203 @@
+"""The model directory: ``model.pt`` (a state_dict) and ``model.json`` (everything else).
+
+``model.json`` keys: ``name``, ``architecture`` ("cnn"|"crnn"), ``model_config`` (kwargs of
+:func:`mgr.models.build_model`, incl. ``n_classes``/``n_mels``), ``feature_config``,
+``genres`` (vocabulary in output order), ``window_frames`` (W), ``pad_value``,
+``normalization`` (null or per-band ``{"mean": [n_mels], "std": [n_mels]}``), ``average``
+(crnn), ``metrics``, ``provenance``, ``created``, ``mgr_version``. No Ray here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mgr.io import storage
+from mgr.errors import ConfigError, ModelError
+
+__all__ = ["MODEL_FILE", "SPEC_FILE", "LoadedModel", "save_model_dir", "load_model_dir", "write_bytes",
+           "read_spec", "write_json", "now_iso"]
+
+MODEL_FILE = "model.pt"
+SPEC_FILE = "model.json"
+REQUIRED = ("name", "architecture", "model_config", "feature_config", "genres", "window_frames", "pad_value")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_bytes(uri: str, data: bytes, *, endpoint_url: str | None) -> None:
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    try:
+        parent = path.rsplit("/", 1)[0]
+        if not storage.is_remote(uri):
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise ModelError(f"cannot write {uri}: {exc}") from None
+
+
+def write_json(uri: str, obj: Any, *, endpoint_url: str | None = None) -> None:
+    """Write ``obj`` as indented JSON to a local path or URI."""
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode(), endpoint_url=endpoint_url)
+
+
+def save_model_dir(out_uri: str, *, model, spec: dict, endpoint_url: str | None = None) -> None:
+    """Write ``model.pt`` (the state_dict of ``model``, unwrapped from DDP) and ``model.json``.
+
+    Parameters
+    ----------
+    out_uri : str
+        Local folder or ``s3://`` prefix.
+    model : torch.nn.Module
+        The trained model (a DDP wrapper is unwrapped).
+    spec : dict
+        The ``model.json`` content; ``mgr_version`` and ``created`` are added.
+    """
+    import torch
+
+    from mgr import __version__
+
+    missing = [k for k in REQUIRED if k not in spec]
+    if missing:
+        raise ModelError(f"model spec lacks {missing}")
+    module = getattr(model, "module", model)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    write_bytes(storage.join(out_uri, MODEL_FILE), buf.getvalue(), endpoint_url=endpoint_url)
+    full = dict(spec)
+    full["mgr_version"] = __version__
+    full.setdefault("created", now_iso())
+    write_json(storage.join(out_uri, SPEC_FILE), full, endpoint_url=endpoint_url)
+
+
+def read_spec(uri: str, *, endpoint_url: str | None = None) -> dict:
+    """Read and validate ``model.json`` of a model directory."""
+    fs, path = storage.filesystem(storage.join(uri, SPEC_FILE), endpoint_url=endpoint_url)
+    try:
+        with fs.open(path, "rb") as fh:
+            spec = json.loads(fh.read())
+    except FileNotFoundError:
+        raise ModelError(f"{uri} is not a model directory: it has no {SPEC_FILE} "
+                         "(train one with `mgr train` or import one with `mgr import-keras`)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {SPEC_FILE} in {uri}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ModelError(f"{SPEC_FILE} in {uri} is not a JSON object")
+    missing = [k for k in REQUIRED if k not in spec]
+    if missing:
+        raise ModelError(f"{SPEC_FILE} in {uri} lacks {missing}")
+    return spec
+
+
+@dataclass
+class LoadedModel:
+    """A model directory loaded for inference.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        In eval mode, on the requested device; log-probabilities out.
+    spec : dict
+        ``model.json``.
+    model_id : str
+        ``f"{name}-{sha256(model.pt)[:12]}"``.
+    feature_config : FeatureConfig
+    genres : list of str
+    window_frames : int
+        W, the input length in frames.
+    pad_value : float
+        Value of padded (raw, un-normalised) frames.
+    """
+
+    model: Any
+    spec: dict
+    model_id: str
+    feature_config: Any
+    genres: list
+    window_frames: int
+    pad_value: float
+    mean: np.ndarray | None = field(default=None, repr=False)
+    std: np.ndarray | None = field(default=None, repr=False)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Per-band standardisation of ``[..., n_mels, T]`` → float32 (identity when none)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.mean is None:
+            return x
+        return (x - self.mean[:, None]) / self.std[:, None]
+
+
+def load_model_dir(uri: str, *, device: str = "cpu", endpoint_url: str | None = None) -> LoadedModel:
+    """Load a model directory (local or ``s3://``).
+
+    Raises
+    ------
+    ModelError
+        The folder is missing, incomplete, or its weights do not fit its ``model.json``.
+    """
+    import torch
+
+    from mgr.config import FeatureConfig
+    from mgr.models import build_model
+
+    spec = read_spec(uri, endpoint_url=endpoint_url)
+    fs, path = storage.filesystem(storage.join(uri, MODEL_FILE), endpoint_url=endpoint_url)
+    try:
+        with fs.open(path, "rb") as fh:
+            blob = fh.read()
+    except FileNotFoundError:
+        raise ModelError(f"{uri} has {SPEC_FILE} but no {MODEL_FILE}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {MODEL_FILE} in {uri}: {exc}") from None
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ModelError(f"{MODEL_FILE} in {uri} is not a loadable state_dict: {exc}") from None
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    config = dict(spec["model_config"])
+    arch = spec["architecture"]
+    if int(config.get("n_classes", -1)) != len(spec["genres"]):
+        raise ModelError(f"{SPEC_FILE} in {uri}: {len(spec['genres'])} genres but "
+                         f"model_config.n_classes = {config.get('n_classes')}")
+    try:
+        model = build_model(arch, **config)
+        if arch == "crnn" and spec.get("average"):
+            model.average = spec["average"]
+        model.load_state_dict(state, strict=True)
+    except ConfigError as exc:
+        raise ModelError(f"{SPEC_FILE} in {uri} describes an invalid model: {exc}") from None
+    except RuntimeError as exc:
+        raise ModelError(f"{MODEL_FILE} in {uri} does not match its {SPEC_FILE}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    try:
+        fcfg = FeatureConfig.from_dict(spec["feature_config"])
+    except ConfigError as exc:
+        raise ModelError(f"{SPEC_FILE} in {uri}: {exc}") from None
+    norm = spec.get("normalization")
+    mean = std = None
+    if norm:
+        mean = np.asarray(norm["mean"], dtype=np.float32)
+        std = np.maximum(np.asarray(norm["std"], dtype=np.float32), 1e-6)
+        if mean.shape != (fcfg.n_mels,) or std.shape != (fcfg.n_mels,):
+            raise ModelError(f"{SPEC_FILE} in {uri}: normalization must have {fcfg.n_mels} bands")
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        model_id=f"{spec['name']}-{hashlib.sha256(blob).hexdigest()[:12]}",
+        feature_config=fcfg,
+        genres=list(spec["genres"]),
+        window_frames=int(spec["window_frames"]),
+        pad_value=float(spec["pad_value"]),
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,307 @@
+"""Pure-torch training and evaluation: crops, steps, crop voting, metrics (no Ray).
+
+Recipes live in :mod:`mgr.training.recipes` (re-exported here). Everything device-dependent lives
+here so it runs on a GPU machine from saved arrays:
+:func:`device_for` places work, :func:`autocast` turns on mixed precision on CUDA
+(bfloat16 where supported, else float16 with a gradient scaler), :func:`train_epoch` runs
+the steps, :func:`predict_tracks` does window (crop) voting, :func:`classification_metrics`
+scores the predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mgr.errors import ConfigError
+from mgr.inference.windows import cut_windows, window_starts
+from mgr.training.recipes import RECIPE_PRESETS, TrainRecipe, lr_at, resolve_recipe
+
+__all__ = [
+    "RECIPE_PRESETS",
+    "TrainRecipe",
+    "resolve_recipe",
+    "set_seed",
+    "device_for",
+    "autocast",
+    "make_scaler",
+    "make_optimizer",
+    "lr_at",
+    "band_stats",
+    "crop_batch",
+    "iter_batches",
+    "train_epoch",
+    "predict_tracks",
+    "classification_metrics",
+    "EarlyStopping",
+]
+
+@dataclass
+class EarlyStopping:
+    """Track the best val accuracy; ``finished`` after ``patience`` epochs without a better one.
+
+    ``patience`` None never stops. The fields are plain numbers so the state checkpoints.
+    """
+
+    patience: int | None
+    best: float = -1.0
+    best_epoch: int = -1
+    since_best: int = 0
+
+    def update(self, value: float, *, epoch: int) -> bool:
+        """Record ``value`` of ``epoch`` (0-based); return True when it is a new best."""
+        if value > self.best:
+            self.best, self.best_epoch, self.since_best = float(value), int(epoch), 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.patience) and self.since_best >= self.patience
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def device_for(use_gpu: bool) -> torch.device:
+    """``cuda`` when asked for and available, else ``cpu``."""
+    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """Mixed-precision context on CUDA (bfloat16 when supported, else float16); no-op on CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def make_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for float16 autocast on CUDA."""
+    enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
+
+
+def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model.parameters()``."""
+    params = model.parameters()
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+
+
+def band_stats(mels: Iterable[np.ndarray], *, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std over every frame of ``mels`` (each ``[n_mels, T]``).
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        ``[n_mels]`` float64 mean and std (std floored at 1e-3).
+    """
+    total = np.zeros(n_mels)
+    sq = np.zeros(n_mels)
+    count = 0
+    for m in mels:
+        m64 = np.asarray(m, dtype=np.float64)
+        total += m64.sum(axis=1)
+        sq += np.square(m64).sum(axis=1)
+        count += m64.shape[1]
+    if count == 0:
+        raise ConfigError("no training frames to compute normalisation statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+    return mean, np.maximum(std, 1e-3)
+
+
+def crop_batch(mels: Sequence[np.ndarray], *, width: int, pad: float,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """Cut one window of ``width`` frames from each ``[n_mels, T]`` array.
+
+    A random start when ``rng`` is given (augmentation), the first frames otherwise; clips
+    shorter than ``width`` are right-padded with ``pad``.
+
+    Returns
+    -------
+    np.ndarray
+        ``[len(mels), n_mels, width]`` float32.
+    """
+    n_mels = mels[0].shape[0]
+    out = np.full((len(mels), n_mels, width), pad, dtype=np.float32)
+    for i, m in enumerate(mels):
+        t = m.shape[1]
+        if t <= width:
+            out[i, :, :t] = m
+            continue
+        start = int(rng.integers(0, t - width + 1)) if rng is not None else 0
+        out[i] = m[:, start: start + width]
+    return out
+
+
+def iter_batches(mels: Sequence[np.ndarray], labels: np.ndarray, *, batch_size: int, width: int,
+                 pad: float, rng: np.random.Generator | None, shuffle: bool = True,
+                 random_crop: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """In-memory batches ``(x [B, n_mels, width] float32, y [B] int64)`` (the no-Ray feed).
+
+    ``rng`` shuffles (``shuffle``) and places random crops (``random_crop``; else the first
+    ``width`` frames of each clip are taken).
+    """
+    order = rng.permutation(len(mels)) if (shuffle and rng is not None) else np.arange(len(mels))
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo: lo + batch_size]
+        x = crop_batch([mels[i] for i in idx], width=width, pad=pad, rng=rng if random_crop else None)
+        yield x, labels[idx].astype(np.int64)
+
+
+def _normalizer(mean, std, device):
+    if mean is None:
+        return None
+    m = torch.as_tensor(np.asarray(mean, np.float32), device=device)[None, :, None]
+    s = torch.as_tensor(np.asarray(std, np.float32), device=device)[None, :, None]
+    return m, s
+
+
+def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
+                optimizer: torch.optim.Optimizer, recipe: TrainRecipe, epoch: int, steps_per_epoch: int,
+                device: torch.device, mean=None, std=None, scaler=None) -> dict[str, float]:
+    """One pass over ``batches``; the learning rate follows :func:`lr_at` per step.
+
+    Parameters
+    ----------
+    batches : iterable of (np.ndarray, np.ndarray)
+        ``x [B, n_mels, W]`` raw log-mel (float) and ``y [B]`` class indices.
+    mean, std : array-like, optional
+        ``[n_mels]`` normalisation applied on ``device``.
+
+    Returns
+    -------
+    dict
+        ``loss_sum``, ``correct``, ``count`` (sums, so workers can all-reduce them), ``steps``.
+    """
+    model.train()
+    norm = _normalizer(mean, std, device)
+    scaler = scaler or make_scaler(device)
+    loss_sum = 0.0
+    correct = 0
+    count = 0
+    step = 0
+    for step, (x, y) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(recipe, epoch + min(step / max(steps_per_epoch, 1), 1.0))
+        xt = torch.as_tensor(x, device=device, dtype=torch.float32)
+        yt = torch.as_tensor(y, device=device, dtype=torch.long)
+        if norm is not None:
+            xt = (xt - norm[0]) / norm[1]
+        with autocast(device):
+            logp = model(xt)
+        loss = F.nll_loss(logp.float(), yt) if not recipe.label_smoothing else _smoothed_nll(
+            logp.float(), yt, recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = int(yt.shape[0])
+        loss_sum += float(loss.detach()) * n
+        correct += int((logp.detach().argmax(-1) == yt).sum())
+        count += n
+    return {"loss_sum": loss_sum, "correct": float(correct), "count": float(count), "steps": float(step + 1)}
+
+
+def _smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Cross entropy with label smoothing on log-probabilities ``[B, C]``."""
+    return (1.0 - eps) * F.nll_loss(logp, y) - eps * logp.mean(dim=-1).mean()
+
+
+@torch.no_grad()
+def predict_tracks(model: torch.nn.Module, mels: Sequence[np.ndarray], *, width: int, hop: int | None = None,
+                   pad: float, mean=None, std=None, device: torch.device | None = None,
+                   batch_size: int = 64) -> np.ndarray:
+    """Track distributions by window voting (DESIGN.md: the mean of the windows' distributions).
+
+    Parameters
+    ----------
+    mels : sequence of np.ndarray
+        ``[n_mels, T]`` raw log-mel per track.
+    width, hop : int
+        Window length W and hop H (default ``W // 2``) in frames.
+
+    Returns
+    -------
+    np.ndarray
+        ``[len(mels), n_classes]`` float64 probabilities.
+    """
+    device = device or next(model.parameters()).device
+    hop = hop or max(width // 2, 1)
+    was_training = model.training
+    model.eval()
+    norm = _normalizer(mean, std, device)
+    windows, owners = [], []
+    for i, m in enumerate(mels):
+        w = cut_windows(np.asarray(m, np.float32), window_starts(m.shape[1], width=width, hop=hop),
+                        width=width, pad=pad)
+        windows.append(w)
+        owners.append(np.full(len(w), i))
+    if not windows:
+        model.train(was_training)
+        return np.zeros((0, 0))
+    all_w = np.concatenate(windows)
+    owner = np.concatenate(owners)
+    probs = []
+    for lo in range(0, len(all_w), batch_size):
+        xt = torch.as_tensor(all_w[lo: lo + batch_size], device=device)
+        if norm is not None:
+            xt = (xt - norm[0]) / norm[1]
+        with autocast(device):
+            probs.append(model(xt).float().exp().cpu().numpy().astype(np.float64))
+    p = np.concatenate(probs)
+    out = np.zeros((len(mels), p.shape[1]))
+    np.add.at(out, owner, p)
+    out /= np.bincount(owner, minlength=len(mels))[:, None]
+    model.train(was_training)
+    return out
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], *, genres: Sequence[str]) -> dict:
+    """Accuracy, per-genre precision/recall/F1/support and the confusion matrix.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (float), ``n`` (int), ``per_genre`` ({genre: {precision, recall, f1,
+        support}}), ``confusion`` (``[n_genres][n_genres]`` counts, rows true, columns
+        predicted, in ``genres`` order), ``genres``.
+    """
+    k = len(genres)
+    yt = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    conf = np.zeros((k, k), dtype=np.int64)
+    np.add.at(conf, (yt, yp), 1)
+    per = {}
+    for i, g in enumerate(genres):
+        tp = conf[i, i]
+        prec = tp / conf[:, i].sum() if conf[:, i].sum() else 0.0
+        rec = tp / conf[i].sum() if conf[i].sum() else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per[g] = {"precision": float(prec), "recall": float(rec), "f1": float(f1), "support": int(conf[i].sum())}
+    n = int(len(yt))
+    return {
+        "accuracy": float((yt == yp).mean()) if n else 0.0,
+        "n": n,
+        "per_genre": per,
+        "confusion": conf.tolist(),
+        "genres": list(genres),
+    }
