@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mgr.inference.predict import predict_tracks
 from mgr.training import engine
 from mgr.config import PRESETS, FeatureConfig
 from mgr.errors import ConfigError
@@ -80,7 +81,7 @@ def test_predict_tracks_is_the_mean_of_window_distributions():
     rng = np.random.default_rng(2)
     track = rng.normal(size=(8, 100)).astype(np.float32)
     short = rng.normal(size=(8, 15)).astype(np.float32)
-    probs = engine.predict_tracks(model, [track, short], width=40, pad=-5.0, device=torch.device("cpu"))
+    probs = predict_tracks(model, [track, short], width=40, pad=-5.0, device=torch.device("cpu"))
     with torch.no_grad():
         wins = torch.tensor(np.stack([track[:, s:s + 40] for s in (0, 20, 40, 60)]))
         expected = model(wins).exp().mean(0).numpy()
@@ -128,7 +129,7 @@ def _fit(arch, seed=0, epochs=10):
                                    mean=mean, std=std)
     assert stats["count"] == 60 and stats["steps"] == 4
     test_mels, test_y = _data(10, seed=99)
-    probs = engine.predict_tracks(model, test_mels, width=recipe.window_frames, pad=-13.8, mean=mean, std=std)
+    probs = predict_tracks(model, test_mels, width=recipe.window_frames, pad=-13.8, mean=mean, std=std)
     return model, float((probs.argmax(1) == test_y).mean())
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mgr.datasets import labelset
+from mgr.inference.predict import window_geometry
 from mgr.config import PRESETS
 from mgr.errors import ConfigError, StorageError
 from mgr.inference.windows import cut_windows, window_starts
@@ -65,12 +66,12 @@ def test_track_result_is_mean_of_windows_with_top_k():
 def test_windows_rule_and_segment_times():
     cfg = PRESETS["paper"]
     frame_s = cfg.hop_length / cfg.sr
-    w, h = labelset.resolve_windows(window_frames=647, frames_per_second=cfg.sr / cfg.hop_length)
+    w, h = window_geometry(window_frames=647, frames_per_second=cfg.sr / cfg.hop_length)
     assert (w, h) == (647, 323)
-    assert labelset.resolve_windows(window_frames=647, frames_per_second=cfg.sr / cfg.hop_length,
+    assert window_geometry(window_frames=647, frames_per_second=cfg.sr / cfg.hop_length,
                                     window_seconds=30.0, hop_seconds=5.0) == (cfg.frames_for_seconds(30.0), 108)
     with pytest.raises(ConfigError):
-        labelset.resolve_windows(window_frames=647, frames_per_second=21.5, hop_seconds=0)
+        window_geometry(window_frames=647, frames_per_second=21.5, hop_seconds=0)
     # a GTZAN-length clip (W .. W+H-1 frames) is one window: its first W frames
     for n in (w, w + 1, w + h - 1):
         assert window_starts(n, width=w, hop=h).tolist() == [0]

@@ -43,7 +43,6 @@ __all__ = [
     "write_marker",
     "write_part",
     "part_name",
-    "resolve_windows",
 ]
 
 MARKER_NAME = "_SUCCESS.json"
@@ -330,31 +329,3 @@ def write_marker(uri: str, marker: dict[str, Any], *, endpoint_url: str | None =
             json.dump(marker, fh, indent=2, sort_keys=True)
     except OSError as exc:
         raise StorageError(f"cannot write {MARKER_NAME} to {uri}: {exc}") from None
-
-
-def resolve_windows(
-    *, window_frames: int, frames_per_second: float, window_seconds: float | None = None,
-    hop_seconds: float | None = None,
-) -> tuple[int, int]:
-    """Window length W and hop H in frames.
-
-    W is the model's input length unless ``window_seconds`` asks otherwise; H = W // 2
-    unless ``hop_seconds`` says otherwise (at least one frame each).
-
-    Raises
-    ------
-    ConfigError
-        A non-positive length or hop.
-    """
-    for name, value in (("--window-seconds", window_seconds), ("--hop-seconds", hop_seconds)):
-        if value is not None and not value > 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    width = int(window_frames)
-    if window_seconds is not None:
-        width = int(np.floor(window_seconds * frames_per_second)) + 1
-    hop = max(1, width // 2)
-    if hop_seconds is not None:
-        hop = max(1, int(round(hop_seconds * frames_per_second)))
-    if width < 1:
-        raise ConfigError(f"window length must be at least one frame, got {width}")
-    return width, hop

@@ -89,10 +89,9 @@ def window_probs(model_dir: str, audio_path: str, *, hop_seconds: float | None =
     dict
         ``starts_s`` [n_windows], ``probs`` [n_windows, n_genres], ``genres``, ``window_s``.
     """
-    import torch
-
     from mgr.audio.decode import decode
     from mgr.audio.features import log_mel
+    from mgr.inference.predict import window_distributions, window_geometry
     from mgr.inference.windows import cut_windows, window_starts
     from mgr.models.modeldir import load_model_dir
 
@@ -100,12 +99,11 @@ def window_probs(model_dir: str, audio_path: str, *, hop_seconds: float | None =
     cfg = loaded.feature_config
     y, _, _ = decode(audio_path, sr=cfg.sr, mono=cfg.mono)
     mel = log_mel(y, cfg=cfg)
-    w = loaded.window_frames
-    hop = max(1, int(round(hop_seconds * cfg.sr / cfg.hop_length))) if hop_seconds else max(1, w // 2)
+    w, hop = window_geometry(window_frames=loaded.window_frames, frames_per_second=cfg.sr / cfg.hop_length,
+                             hop_seconds=hop_seconds)
     starts = window_starts(mel.shape[1], width=w, hop=hop)
-    x = loaded.normalize(cut_windows(mel, starts, width=w, pad=loaded.pad_value))
-    with torch.no_grad():
-        probs = torch.exp(loaded.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))).numpy()
+    probs, _ = window_distributions(loaded.model, cut_windows(mel, starts, width=w, pad=loaded.pad_value),
+                                    mean=loaded.mean, std=loaded.std)
     return {"starts_s": starts * cfg.hop_length / cfg.sr, "probs": probs, "genres": loaded.genres,
             "window_s": cfg.frame_seconds(w)}
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from mgr.io import storage
 from mgr.errors import ModelError
+from mgr.inference.predict import window_distributions
 from mgr.inference.windows import fit_frames
 
 __all__ = ["clip_step_probs", "running_weighted", "step_distribution_png", "choose_clips", "write_step_figures"]
@@ -37,18 +38,13 @@ def clip_step_probs(loaded, mel: np.ndarray) -> tuple[np.ndarray, float]:
     seconds_per_step : float
         Audio seconds one step stands for.
     """
-    import torch
-
     if loaded.spec.get("architecture") != "crnn" or not hasattr(loaded.model, "step_probs"):
         raise ModelError(f"per-step figures need a crnn model, got {loaded.spec.get('architecture')!r}")
     mel = np.asarray(mel, dtype=np.float32)
     frames = max(mel.shape[1], loaded.window_frames)
-    x = loaded.normalize(fit_frames(mel, frames, pad=loaded.pad_value))[None]
-    device = next(loaded.model.parameters()).device
-    loaded.model.eval()
-    with torch.no_grad():
-        probs = loaded.model.step_probs(torch.from_numpy(np.ascontiguousarray(x)).to(device))[0]
-    probs = probs.double().cpu().numpy()
+    x = fit_frames(mel, frames, pad=loaded.pad_value)[None]
+    _, steps = window_distributions(loaded.model, x, mean=loaded.mean, std=loaded.std, per_step=True)
+    probs = steps[0].astype(np.float64)
     fc = loaded.feature_config
     seconds_per_step = frames / probs.shape[0] * fc.hop_length / fc.sr
     return probs, float(seconds_per_step)

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mgr.training.engine import classification_metrics, device_for, predict_tracks
+from mgr.inference.predict import predict_tracks, window_geometry
+from mgr.training.engine import classification_metrics, device_for
 from mgr.errors import ModelError
 from mgr.datasets.featureset import feature_config, read_manifest, read_table, to_arrays
 from mgr.models.modeldir import LoadedModel, load_model_dir
@@ -65,9 +66,9 @@ def evaluate(model_dir: str, features_uri: str, *, split: str = "test", hop_seco
     index = {g: i for i, g in enumerate(loaded.genres)}
     y = np.array([index[lab] for lab in table.column("label").to_pylist()])
     mels = to_arrays(table)
-    width = loaded.window_frames
-    hop = max(1, int(round(hop_seconds * loaded.feature_config.sr / loaded.feature_config.hop_length))) \
-        if hop_seconds else max(width // 2, 1)
+    fc = loaded.feature_config
+    width, hop = window_geometry(window_frames=loaded.window_frames, frames_per_second=fc.sr / fc.hop_length,
+                                 hop_seconds=hop_seconds)
     model = loaded.model
 
     def scores() -> dict:

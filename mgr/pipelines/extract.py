@@ -22,7 +22,7 @@ from mgr import __version__
 from mgr.io import storage
 from mgr.audio.decode import DEFAULT_MAX_SECONDS
 from mgr.config import get_preset
-from mgr.errors import JobError, MgrError, StorageError, worker_cause
+from mgr.errors import JobError, StorageError, worker_cause
 from mgr.datasets.featureset import MANIFEST_NAME, read_table, write_manifest
 from mgr.io.parts import list_parts, write_part
 from mgr.datasets.sources import parse_labels_spec, records_for

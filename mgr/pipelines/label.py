@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from mgr.datasets import labelset
+from mgr.inference.predict import window_geometry
 
 from mgr.io import storage
 from mgr.audio.decode import DEFAULT_MAX_SECONDS
@@ -292,7 +293,7 @@ def label_catalog(
     if per_step and loaded.spec["architecture"] != "crnn":
         raise ConfigError(f"--per-step needs a crnn model; {model_dir} is a {loaded.spec['architecture']}")
     cfg = loaded.feature_config
-    width, hop = labelset.resolve_windows(window_frames=loaded.window_frames, frames_per_second=cfg.sr / cfg.hop_length,
+    width, hop = window_geometry(window_frames=loaded.window_frames, frames_per_second=cfg.sr / cfg.hop_length,
                                           window_seconds=window_seconds, hop_seconds=hop_seconds)
 
     # one writer at a time: a second run would delete the first one's temporary parts

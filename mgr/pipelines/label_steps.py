@@ -17,9 +17,10 @@ from mgr.config import FeatureConfig
 from mgr.errors import MgrError, StorageError
 from mgr.audio.features import log_mel
 from mgr.inference.windows import cut_windows, spread_starts, window_starts
+from mgr.inference.predict import window_distributions
 from mgr.datasets.labelset import RETRYABLE_PREFIX, error_result, segment_times, to_table, track_result
 
-__all__ = ["MEL_SCHEMA", "featurize", "Predictor", "check_model", "window_probs"]
+__all__ = ["MEL_SCHEMA", "featurize", "Predictor", "check_model"]
 
 #: what a featurize task hands to the predictor: raw float32 log-mel, band-major bytes
 MEL_SCHEMA = pa.schema(
@@ -148,41 +149,6 @@ def _excerpts(uri: str, *, cfg: FeatureConfig, width: int, hop: int, max_windows
             "starts": [int(s) for s in starts], "mel": _mel_bytes(np.concatenate(wins, axis=1))}
 
 
-def window_probs(loaded, windows: np.ndarray, *, batch_size: int, device: str = "cpu",
-                 per_step: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Distributions of raw log-mel windows through a loaded model.
-
-    Parameters
-    ----------
-    loaded : mgr.models.modeldir.LoadedModel
-        The model (eval mode) and its normalisation.
-    windows : np.ndarray
-        ``[n_windows, n_mels, W]`` raw (un-normalised) float32 log-mel windows.
-    batch_size : int
-        Windows per forward pass.
-    per_step : bool
-        Also return the crnn per-step distributions.
-
-    Returns
-    -------
-    probs : np.ndarray
-        ``[n_windows, n_classes]`` float32.
-    steps : np.ndarray or None
-        ``[n_windows, n_steps, n_classes]`` float32 when ``per_step``.
-    """
-    import torch
-
-    out, steps = [], []
-    with torch.inference_mode():
-        for i in range(0, len(windows), batch_size):
-            x = torch.from_numpy(loaded.normalize(windows[i: i + batch_size])).to(device)
-            out.append(loaded.model(x).exp().float().cpu().numpy())
-            if per_step:
-                steps.append(loaded.model.step_probs(x).float().cpu().numpy())
-    probs = np.concatenate(out) if out else np.zeros((0, len(loaded.genres)), np.float32)
-    return probs, (np.concatenate(steps) if per_step and steps else None)
-
-
 def check_model(loaded) -> None:
     """Refuse a model whose feature preset is unknown or inconsistent with its input.
 
@@ -280,8 +246,9 @@ class Predictor:
                 chunks.append(cut_windows(mel, starts, width=self.width, pad=self.loaded.pad_value))
             plan.append(starts)
         windows = np.concatenate(chunks) if chunks else np.zeros((0, self.n_mels, self.width), np.float32)
-        probs, steps = window_probs(self.loaded, windows, batch_size=self.batch_size, device=self.device,
-                                    per_step=self.per_step)
+        probs, steps = window_distributions(self.loaded.model, windows, mean=self.loaded.mean, std=self.loaded.std,
+                                            batch_size=self.batch_size, device=self.device,
+                                            per_step=self.per_step, amp=False)
         out, at = [], 0
         for row, starts in zip(rows, plan):
             rec = {"uri": row["uri"], "track_id": row["track_id"], "duration_s": row["duration_s"],

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from mgr.inference.predict import predict_tracks
 from mgr.training import engine
 from mgr.datasets.featureset import decode_mel
 from mgr.models import build_model
@@ -84,7 +85,7 @@ def _val_accuracy(model, mels, labels, *, cfg, recipe, device, world) -> float:
     """Val accuracy over all workers (window voting on each worker's share, sums all-reduced)."""
     correct = 0.0
     if mels:
-        probs = engine.predict_tracks(model, mels, width=recipe.window_frames, pad=cfg["pad_value"],
+        probs = predict_tracks(model, mels, width=recipe.window_frames, pad=cfg["pad_value"],
                                       mean=cfg["mean"], std=cfg["std"], device=device)
         correct = float((probs.argmax(1) == labels).sum())
     total_correct, total = _all_reduce([correct, float(len(labels))], device, world)

@@ -4,13 +4,12 @@ Recipes live in :mod:`mgr.training.recipes` (re-exported here). Everything devic
 here so it runs on a GPU machine from saved arrays:
 :func:`device_for` places work, :func:`autocast` turns on mixed precision on CUDA
 (bfloat16 where supported, else float16 with a gradient scaler), :func:`train_epoch` runs
-the steps, :func:`predict_tracks` does window (crop) voting, :func:`classification_metrics`
+the steps (window voting lives in :mod:`mgr.inference.predict`), :func:`classification_metrics`
 scores the predictions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -20,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from mgr.errors import ConfigError
-from mgr.inference.windows import cut_windows, window_starts
+from mgr.inference.predict import autocast
 from mgr.training.recipes import RECIPE_PRESETS, TrainRecipe, lr_at, resolve_recipe
 
 __all__ = [
@@ -37,7 +36,6 @@ __all__ = [
     "crop_batch",
     "iter_batches",
     "train_epoch",
-    "predict_tracks",
     "classification_metrics",
     "EarlyStopping",
 ]
@@ -77,14 +75,6 @@ def set_seed(seed: int) -> None:
 def device_for(use_gpu: bool) -> torch.device:
     """``cuda`` when asked for and available, else ``cpu``."""
     return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
-
-
-def autocast(device: torch.device):
-    """Mixed-precision context on CUDA (bfloat16 when supported, else float16); no-op on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def make_scaler(device: torch.device) -> torch.amp.GradScaler:
@@ -224,55 +214,6 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, np.n
 def _smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Cross entropy with label smoothing on log-probabilities ``[B, C]``."""
     return (1.0 - eps) * F.nll_loss(logp, y) - eps * logp.mean(dim=-1).mean()
-
-
-@torch.no_grad()
-def predict_tracks(model: torch.nn.Module, mels: Sequence[np.ndarray], *, width: int, hop: int | None = None,
-                   pad: float, mean=None, std=None, device: torch.device | None = None,
-                   batch_size: int = 64) -> np.ndarray:
-    """Track distributions by window voting (DESIGN.md: the mean of the windows' distributions).
-
-    Parameters
-    ----------
-    mels : sequence of np.ndarray
-        ``[n_mels, T]`` raw log-mel per track.
-    width, hop : int
-        Window length W and hop H (default ``W // 2``) in frames.
-
-    Returns
-    -------
-    np.ndarray
-        ``[len(mels), n_classes]`` float64 probabilities.
-    """
-    device = device or next(model.parameters()).device
-    hop = hop or max(width // 2, 1)
-    was_training = model.training
-    model.eval()
-    norm = _normalizer(mean, std, device)
-    windows, owners = [], []
-    for i, m in enumerate(mels):
-        w = cut_windows(np.asarray(m, np.float32), window_starts(m.shape[1], width=width, hop=hop),
-                        width=width, pad=pad)
-        windows.append(w)
-        owners.append(np.full(len(w), i))
-    if not windows:
-        model.train(was_training)
-        return np.zeros((0, 0))
-    all_w = np.concatenate(windows)
-    owner = np.concatenate(owners)
-    probs = []
-    for lo in range(0, len(all_w), batch_size):
-        xt = torch.as_tensor(all_w[lo: lo + batch_size], device=device)
-        if norm is not None:
-            xt = (xt - norm[0]) / norm[1]
-        with autocast(device):
-            probs.append(model(xt).float().exp().cpu().numpy().astype(np.float64))
-    p = np.concatenate(probs)
-    out = np.zeros((len(mels), p.shape[1]))
-    np.add.at(out, owner, p)
-    out /= np.bincount(owner, minlength=len(mels))[:, None]
-    model.train(was_training)
-    return out
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], *, genres: Sequence[str]) -> dict:

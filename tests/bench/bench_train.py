@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mgr.inference.predict import predict_tracks
 from mgr.training import engine  # noqa: E402
 from mgr.audio.features import pad_value  # noqa: E402
 from mgr.datasets.featureset import feature_config, read_manifest, to_arrays  # noqa: E402
@@ -66,7 +67,7 @@ def plain_loop(features: str, *, model: str, preset: str, epochs: int, threads: 
         engine.train_epoch(net, batches,
                            optimizer=opt, recipe=recipe, epoch=epoch, steps_per_epoch=steps, device=dev,
                            mean=mean, std=std, scaler=scaler)
-        probs = engine.predict_tracks(net, val_mels, width=recipe.window_frames, pad=pad, mean=mean, std=std,
+        probs = predict_tracks(net, val_mels, width=recipe.window_frames, pad=pad, mean=mean, std=std,
                                       device=dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
