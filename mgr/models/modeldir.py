@@ -116,6 +116,9 @@ class LoadedModel:
         W, the input length in frames.
     pad_value : float
         Value of padded (raw, un-normalised) frames.
+    temperature : float
+        Calibration temperature T of the track distributions (model.json ``temperature``;
+        1.0 when uncalibrated); part of ``model_id`` when not 1.
     """
 
     model: Any
@@ -127,6 +130,7 @@ class LoadedModel:
     pad_value: float
     mean: np.ndarray | None = field(default=None, repr=False)
     std: np.ndarray | None = field(default=None, repr=False)
+    temperature: float = 1.0
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Per-band standardisation of ``[..., n_mels, T]`` → float32 (identity when none)."""
@@ -190,14 +194,24 @@ def load_model_dir(uri: str, *, device: str = "cpu", endpoint_url: str | None = 
         std = np.maximum(np.asarray(norm["std"], dtype=np.float32), 1e-6)
         if mean.shape != (fcfg.n_mels,) or std.shape != (fcfg.n_mels,):
             raise ModelError(f"{SPEC_FILE} in {uri}: normalization must have {fcfg.n_mels} bands")
+    try:
+        temperature = float(spec.get("temperature", 1.0))
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ModelError(f"{SPEC_FILE} in {uri}: temperature must be a positive number, got {spec.get('temperature')!r}")
+    model_id = f"{spec['name']}-{hashlib.sha256(blob).hexdigest()[:12]}"
+    if temperature != 1.0:
+        model_id += f"-t{temperature:.4g}"  # a calibrated model is another model (for resume)
     return LoadedModel(
         model=model,
         spec=spec,
-        model_id=f"{spec['name']}-{hashlib.sha256(blob).hexdigest()[:12]}",
+        model_id=model_id,
         feature_config=fcfg,
         genres=list(spec["genres"]),
         window_frames=int(spec["window_frames"]),
         pad_value=float(spec["pad_value"]),
         mean=mean,
         std=std,
+        temperature=temperature,
     )
