@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mgr.io import storage
+from mgr.io.location import Location
 from mgr.errors import ConfigError, ModelError
 
 __all__ = ["MODEL_FILE", "SPEC_FILE", "LoadedModel", "save_model_dir", "load_model_dir", "write_bytes",
@@ -33,30 +33,23 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_bytes(uri: str, data: bytes, *, endpoint_url: str | None) -> None:
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-    try:
-        parent = path.rsplit("/", 1)[0]
-        if not storage.is_remote(uri):
-            fs.makedirs(parent, exist_ok=True)
-        with fs.open(path, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise ModelError(f"cannot write {uri}: {exc}") from None
+def write_bytes(where: Location | str, data: bytes, *, endpoint_url: str | None = None) -> None:
+    """Write a file of a model directory (a Location, or a uri with its endpoint)."""
+    Location.of(where, endpoint_url=endpoint_url).write_bytes(data)
 
 
-def write_json(uri: str, obj: Any, *, endpoint_url: str | None = None) -> None:
+def write_json(where: Location | str, obj: Any, *, endpoint_url: str | None = None) -> None:
     """Write ``obj`` as indented JSON to a local path or URI."""
-    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode(), endpoint_url=endpoint_url)
+    Location.of(where, endpoint_url=endpoint_url).write_json(obj)
 
 
-def save_model_dir(out_uri: str, *, model, spec: dict, endpoint_url: str | None = None) -> None:
+def save_model_dir(out: Location | str, *, model, spec: dict, endpoint_url: str | None = None) -> None:
     """Write ``model.pt`` (the state_dict of ``model``, unwrapped from DDP) and ``model.json``.
 
     Parameters
     ----------
-    out_uri : str
-        Local folder or ``s3://`` prefix.
+    out : Location or str
+        Local folder or ``s3://`` prefix (a str takes ``endpoint_url``).
     model : torch.nn.Module
         The trained model (a DDP wrapper is unwrapped).
     spec : dict
@@ -72,18 +65,21 @@ def save_model_dir(out_uri: str, *, model, spec: dict, endpoint_url: str | None 
     module = getattr(model, "module", model)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
-    write_bytes(storage.join(out_uri, MODEL_FILE), buf.getvalue(), endpoint_url=endpoint_url)
+    out = Location.of(out, endpoint_url=endpoint_url)
+    out.join(MODEL_FILE).write_bytes(buf.getvalue())
     full = dict(spec)
     full["mgr_version"] = __version__
     full.setdefault("created", now_iso())
-    write_json(storage.join(out_uri, SPEC_FILE), full, endpoint_url=endpoint_url)
+    out.join(SPEC_FILE).write_json(full)
 
 
-def read_spec(uri: str, *, endpoint_url: str | None = None) -> dict:
+def read_spec(where: Location | str, *, endpoint_url: str | None = None) -> dict:
     """Read and validate ``model.json`` of a model directory."""
-    fs, path = storage.filesystem(storage.join(uri, SPEC_FILE), endpoint_url=endpoint_url)
+    loc = Location.of(where, endpoint_url=endpoint_url)
+    uri = loc.uri
+    spec_loc = loc.join(SPEC_FILE)
     try:
-        with fs.open(path, "rb") as fh:
+        with spec_loc.fs.open(spec_loc.path, "rb") as fh:
             spec = json.loads(fh.read())
     except FileNotFoundError:
         raise ModelError(f"{uri} is not a model directory: it has no {SPEC_FILE} "
@@ -140,7 +136,7 @@ class LoadedModel:
         return (x - self.mean[:, None]) / self.std[:, None]
 
 
-def load_model_dir(uri: str, *, device: str = "cpu", endpoint_url: str | None = None) -> LoadedModel:
+def load_model_dir(where: Location | str, *, device: str = "cpu", endpoint_url: str | None = None) -> LoadedModel:
     """Load a model directory (local or ``s3://``).
 
     Raises
@@ -153,10 +149,12 @@ def load_model_dir(uri: str, *, device: str = "cpu", endpoint_url: str | None = 
     from mgr.config import FeatureConfig
     from mgr.models import build_model
 
-    spec = read_spec(uri, endpoint_url=endpoint_url)
-    fs, path = storage.filesystem(storage.join(uri, MODEL_FILE), endpoint_url=endpoint_url)
+    loc = Location.of(where, endpoint_url=endpoint_url)
+    uri = loc.uri
+    spec = read_spec(loc)
+    weights = loc.join(MODEL_FILE)
     try:
-        with fs.open(path, "rb") as fh:
+        with weights.fs.open(weights.path, "rb") as fh:
             blob = fh.read()
     except FileNotFoundError:
         raise ModelError(f"{uri} has {SPEC_FILE} but no {MODEL_FILE}") from None
