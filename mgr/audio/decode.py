@@ -17,7 +17,7 @@ import numpy as np
 
 from mgr.config import FeatureConfig
 from mgr.errors import AudioError
-from mgr.io import storage
+from mgr.io.location import Location, local_path
 
 __all__ = ["AudioInfo", "DEFAULT_MAX_SECONDS", "decode", "load_audio", "probe"]
 
@@ -240,14 +240,26 @@ def _resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return np.ascontiguousarray(soxr.resample(y.T, orig_sr, target_sr, quality="soxr_hq").T, dtype=np.float32)
 
 
-def load_audio(uri: str, *, cfg: FeatureConfig, max_seconds: float | None, endpoint_url: str | None = None):
-    """Decode ``uri`` (local path: read directly; remote: fetched whole) at ``cfg.sr`` mono.
+def load_audio(where: Location | str, *, cfg: FeatureConfig, max_seconds: float | None,
+               endpoint_url: str | None = None) -> tuple[np.ndarray, float]:
+    """Decode a file (local: read directly; remote: fetched whole) at ``cfg.sr`` mono.
 
-    Returns ``(y [n_samples] float32, duration_s)``; raises an MgrError subclass on failure.
+    Parameters
+    ----------
+    where : Location or str
+        The file (a str takes ``endpoint_url``).
+    cfg : FeatureConfig
+        Sample rate and channel settings.
+    max_seconds : float, optional
+        Decode at most this much audio.
+
+    Returns
+    -------
+    (np.ndarray, float)
+        ``y [n_samples]`` float32 and the file's duration in seconds; raises an MgrError
+        subclass on failure.
     """
-    if storage.is_remote(uri):
-        source: Union[bytes, str] = storage.read_bytes(uri, endpoint_url=endpoint_url)
-    else:
-        source = storage.local_path(uri)
-    y, _, duration = decode(source, sr=cfg.sr, mono=cfg.mono, max_seconds=max_seconds, name=uri)
+    loc = Location.of(where, endpoint_url=endpoint_url)
+    source: Union[bytes, str] = loc.read_bytes() if loc.is_remote else local_path(loc.uri)
+    y, _, duration = decode(source, sr=cfg.sr, mono=cfg.mono, max_seconds=max_seconds, name=loc.uri)
     return y, duration
