@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "label": "label",
     "import-keras": "import_keras",
+    "models": "models",
     "submit": "submit",
     "jobs": "jobs",
     "demo": "demo",

@@ -17,7 +17,8 @@ def register(sub) -> None:
         "windows'. A crnn is scored with the time-weighted and the plain-mean step average side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="model directory (folder or s3:// prefix)")
+    p.add_argument("model", metavar="MODEL",
+                   help="model directory (folder or s3:// prefix) or a pulled model's name (mgr models list)")
     p.add_argument("features", metavar="FEATURES", help="features dataset (folder or s3:// prefix)")
     p.add_argument("--split", default="test", help="split to score (train, val or test)")
     p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: half a window)")
@@ -29,8 +30,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mgr.pipelines.evaluate import evaluate, format_report
+    from mgr.registry import resolve_model
 
-    result = evaluate(args.model, args.features, split=args.split, hop_seconds=args.hop_seconds,
+    result = evaluate(resolve_model(args.model), args.features, split=args.split, hop_seconds=args.hop_seconds,
                       use_gpu=args.gpu, endpoint_url=args.endpoint_url)
     print(json.dumps(result, sort_keys=True) if args.json else format_report(result))
     return 0

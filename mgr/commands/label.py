@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="folder or s3:// prefix of audio files, or manifest:FILE (CSV/Parquet with a uri column, "
                    "optional track_id and columns to carry through)")
     p.add_argument("output", metavar="OUTPUT", help="folder or s3:// prefix of the labels dataset")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model directory (mgr train / import-keras)")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR",
+                   help="model directory (mgr train / import-keras) or a pulled model's name (mgr models list)")
     p.add_argument("--window-seconds", type=float, default=None,
                    help="window length (default: the model's input length, 30 s for the paper preset)")
     p.add_argument("--hop-seconds", type=float, default=None, help="hop between windows (default: half a window)")
@@ -63,11 +64,12 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mgr.pipelines.label import label_catalog, parse_actors
+    from mgr.registry import resolve_model
 
     summary = label_catalog(
         args.catalog,
         args.output,
-        model_dir=args.model,
+        model_dir=resolve_model(args.model),
         window_seconds=args.window_seconds,
         hop_seconds=args.hop_seconds,
         top_k=args.top_k,

@@ -95,6 +95,15 @@ def _absolute(value: str) -> str:
     return os.path.abspath(value)
 
 
+def _job_path(option: str, value: str) -> str:
+    """A path option's value in the job: a registry name given to ``--model`` travels with the
+    job (:func:`mgr.commands.models.job_model`); a local path is made absolute."""
+    from mgr.commands.models import job_model
+
+    shipped = job_model(value) if option == "--model" else None
+    return _absolute(value) if shipped is None else shipped
+
+
 def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Namespace, list[str]]:
     """Check ``rest`` with ``mgr <kind>``'s own parser; return the job's argv.
 
@@ -133,7 +142,7 @@ def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Names
     expect_path = False
     for token in rest:
         if expect_path:
-            out.append(_absolute(token))
+            out.append(_job_path(out[-1], token))
             expect_path = False
             continue
         name, eq, value = token.partition("=")
@@ -141,7 +150,7 @@ def job_arguments(kind: str, rest: list[str]) -> tuple[list[str], argparse.Names
             expect_path = True
             out.append(token)
         elif eq and name in path_options:
-            out.append(f"{name}={_absolute(value)}")
+            out.append(f"{name}={_job_path(name, value)}")
         elif token.startswith(("manifest:", "fma:")):
             prefix, _, path = token.partition(":")
             out.append(f"{prefix}:{_absolute(path)}")

@@ -3,7 +3,9 @@
 generate a labelled genre-like collection and a catalog of long songs → ``mgr extract``
 → train ``cnn`` and ``crnn`` with Ray Train → evaluate both on the test split → ``mgr label``
 the catalog (and a folder of real music when given) with the better model → summary and
-a genre timeline PNG of one long track.
+a genre timeline PNG of one long track. The real music is also labeled with the paper's
+GTZAN model (registry name ``paper-gtzan``) when it is on this machine: in the cache
+(``mgr models pull paper-gtzan``) or as the published file in one of ``weights_dirs``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import numpy as np
 
 from mgr.errors import ConfigError
 
-__all__ = ["DemoSize", "SIZES", "generate_collection", "run_demo", "timeline_png"]
+__all__ = ["DemoSize", "SIZES", "PAPER_MODEL", "generate_collection", "paper_model_dir", "run_demo", "timeline_png"]
+
+#: the registry's model that labels the real recordings next to the demo's own
+PAPER_MODEL = "paper-gtzan"
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,36 @@ def window_probs(model_dir: str, audio_path: str, *, hop_seconds: float | None =
             "window_s": cfg.frame_seconds(w)}
 
 
+def paper_model_dir(workdir: str, *, weights_dirs=()) -> tuple[str | None, str]:
+    """The paper's GTZAN model for the demo, without any download.
+
+    The cached model when pulled; else the published file found (by sha256) in one of
+    ``weights_dirs``, imported into ``workdir/models/paper-gtzan`` (the cache is left alone).
+
+    Returns
+    -------
+    (str or None, str)
+        The model directory (None when neither is there) and where it came from.
+    """
+    from mgr.registry import cached_dir, entry, find_local_weights, is_cached
+    from mgr.registry.pull import build_model_dir
+
+    if is_cached(PAPER_MODEL):
+        return str(cached_dir(PAPER_MODEL)), f"the cache ({cached_dir(PAPER_MODEL)})"
+    weights = find_local_weights(PAPER_MODEL, list(weights_dirs))
+    if weights is None:
+        return None, "not on this machine"
+    out = os.path.join(workdir, "models", PAPER_MODEL)
+    if not os.path.isfile(os.path.join(out, "model.json")):
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(weights, "rb") as fh:
+            build_model_dir(entry(PAPER_MODEL), fh.read(), out, source=str(weights))
+    return out, f"{weights} (sha256 verified)"
+
+
 def timeline_png(path: str, timeline: dict[str, Any], *, title: str, sections: list[str] | None = None,
                  section_seconds: float | None = None) -> str:
     """Stacked per-window genre probabilities over time (the track's genre timeline)."""
@@ -142,6 +177,7 @@ def run_demo(
     music: str | None = None,
     seed: int = 0,
     num_cpus: int | None = None,
+    weights_dirs=(),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the whole pipeline in ``workdir`` and return (and write) ``summary.json``.
@@ -154,6 +190,10 @@ def run_demo(
         Collection and training size (:data:`SIZES`).
     music : str, optional
         A folder of real recordings to label as well.
+    weights_dirs : sequence of str
+        Folders that may hold the paper's published GTZAN weights (see
+        :func:`paper_model_dir`); with them or a pulled ``paper-gtzan``, ``music`` is also
+        labeled with the paper's model.
     """
     from mgr.pipelines.evaluate import evaluate
     from mgr.pipelines.extract import extract
@@ -212,6 +252,15 @@ def run_demo(
                 music_out = os.path.join(workdir, "labels-music")
                 mus = label_catalog(music, music_out, model_dir=models[best], overwrite=True, log=lambda _m: None)
                 results["label_music"] = _label_summary(mus, music_out)
+                paper, origin = paper_model_dir(workdir, weights_dirs=weights_dirs)
+                if paper is None:
+                    log(f"      (the paper's GTZAN model is {origin}: `mgr models pull {PAPER_MODEL}` "
+                        "adds real genres on the real music to the demo)")
+                else:
+                    log(f"      and with the paper's GTZAN model ({PAPER_MODEL}, from {origin})")
+                    paper_out = os.path.join(workdir, "labels-music-paper")
+                    pap = label_catalog(music, paper_out, model_dir=paper, overwrite=True, log=lambda _m: None)
+                    results["label_music_paper"] = dict(_label_summary(pap, paper_out), model=paper)
             else:
                 log(f"      (no folder {music}: skipping real music)")
         step("label")
@@ -256,9 +305,12 @@ def format_summary(r: dict) -> str:
         if "accuracy_weighted" in s:
             extra = f"  (time-weighted {s['accuracy_weighted']:.3f}, plain mean {s['accuracy_mean']:.3f})"
         lines.append(f"  {arch:5s} {s['accuracy']:.3f} on {s['n']} clips{extra}")
-    for key in ("label", "label_music"):
+    for key in ("label", "label_music", "label_music_paper"):
         if key in r:
             lab = r[key]
+            if key == "label_music_paper":
+                lines.append(f"real music with the paper's GTZAN model ({PAPER_MODEL}, GPL-3.0 weights, "
+                             "74.0% published on GTZAN):")
             lines.append(f"labels ({lab['output']}): {lab['files']} files, {lab['errors']} errors, "
                          f"{lab['files_per_s']} files/s, {lab['audio_minutes_per_s']} audio-min/s")
             for name, (genre, conf) in sorted(lab["genres"].items()):

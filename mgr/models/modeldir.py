@@ -4,7 +4,11 @@
 :func:`mgr.models.build_model`, incl. ``n_classes``/``n_mels``), ``feature_config``,
 ``genres`` (vocabulary in output order), ``window_frames`` (W), ``pad_value``,
 ``normalization`` (null or per-band ``{"mean": [n_mels], "std": [n_mels]}``), ``average``
-(crnn), ``metrics``, ``provenance``, ``created``, ``mgr_version``. No Ray here.
+(crnn), ``metrics``, ``provenance``, ``card``, ``created``, ``mgr_version``. No Ray here.
+
+``card`` (the model card, see :func:`default_card`): ``data`` (what it was trained on),
+``metrics`` (``measured``: the ``metrics`` of this file; ``published``: figures published
+with the weights, when any), ``licence`` (``name``, ``url``) and ``provenance``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from mgr.io.location import Location
 from mgr.errors import ConfigError, ModelError
 
 __all__ = ["MODEL_FILE", "SPEC_FILE", "LoadedModel", "save_model_dir", "load_model_dir", "write_bytes",
-           "read_spec", "write_json", "now_iso"]
+           "read_spec", "write_json", "now_iso", "default_card", "model_card"]
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "model.json"
@@ -31,6 +35,31 @@ REQUIRED = ("name", "architecture", "model_config", "feature_config", "genres", 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_card(spec: dict) -> dict:
+    """The model card of a ``model.json`` that carries none: what the spec itself says.
+
+    ``metrics.measured`` is the spec's own ``metrics`` dict (the same object, so figures
+    added to ``spec["metrics"]`` later, e.g. the test accuracy, are in the card too);
+    the licence is unknown unless whoever made the model states it.
+    """
+    prov = spec.get("provenance") or {}
+    data = {"genres": list(spec.get("genres") or [])}
+    if prov.get("features"):
+        data["features"] = prov["features"]
+    return {
+        "data": data,
+        "metrics": {"measured": spec.setdefault("metrics", {}), "published": {}},
+        "licence": {"name": "unspecified", "url": None},
+        "provenance": prov,
+    }
+
+
+def model_card(spec: dict) -> dict:
+    """The ``card`` of a ``model.json`` (:func:`default_card` for one written before cards)."""
+    card = spec.get("card")
+    return card if isinstance(card, dict) else default_card(dict(spec))
 
 
 def write_bytes(where: Location | str, data: bytes, *, endpoint_url: str | None = None) -> None:
@@ -53,7 +82,9 @@ def save_model_dir(out: Location | str, *, model, spec: dict, endpoint_url: str 
     model : torch.nn.Module
         The trained model (a DDP wrapper is unwrapped).
     spec : dict
-        The ``model.json`` content; ``mgr_version`` and ``created`` are added.
+        The ``model.json`` content; ``mgr_version`` and ``created`` are added, and ``card``
+        (:func:`default_card`) is set in ``spec`` itself when it has none, so a later
+        rewrite of the same dict keeps it.
     """
     import torch
 
@@ -65,6 +96,8 @@ def save_model_dir(out: Location | str, *, model, spec: dict, endpoint_url: str 
     module = getattr(model, "module", model)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    if not isinstance(spec.get("card"), dict):
+        spec["card"] = default_card(spec)
     out = Location.of(out, endpoint_url=endpoint_url)
     out.join(MODEL_FILE).write_bytes(buf.getvalue())
     full = dict(spec)

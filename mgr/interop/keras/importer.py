@@ -264,7 +264,7 @@ def _read(uri: str, *, endpoint_url: str | None, what: str) -> bytes:
 
 
 def import_keras(weights_uri: str, out_uri: str, *, genres: str | None = None, name: str | None = None,
-                 config_uri: str | None = None, overwrite: bool = False,
+                 config_uri: str | None = None, overwrite: bool = False, card: dict | None = None,
                  endpoint_url: str | None = None) -> dict:
     """Convert a Keras 2 Model 2 file into an mgr model directory.
 
@@ -282,6 +282,10 @@ def import_keras(weights_uri: str, out_uri: str, *, genres: str | None = None, n
         Keras architecture (JSON/YAML) for a weights-only file.
     overwrite : bool
         Replace an existing model directory.
+    card : dict, optional
+        Model card entries (``data``, ``metrics``, ``licence``, ``provenance``) known from
+        elsewhere (e.g. the registry's catalog), laid over the card the import writes:
+        ``data`` and ``licence`` unstated, ``provenance`` the conversion's.
 
     Returns
     -------
@@ -336,5 +340,23 @@ def import_keras(weights_uri: str, out_uri: str, *, genres: str | None = None, n
             "architecture_from": km.architecture_from,
         },
     }
+    spec["card"] = _card(spec, card or {})
     save_model_dir(out_uri, model=model, spec=spec, endpoint_url=endpoint_url)
     return dict(spec, warnings=list(km.warnings))
+
+
+def _card(spec: dict, extra: dict) -> dict:
+    """The model card of an imported model: what the file says, plus ``extra`` (see import_keras)."""
+    card = {
+        "data": {"genres": list(spec["genres"]),
+                 "training_data": "not stated in the Keras file; ask whoever published the weights"},
+        "metrics": {"measured": spec["metrics"], "published": {}},
+        "licence": {"name": "unspecified (that of the weights' publisher)", "url": None},
+        "provenance": dict(spec["provenance"]),
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(card.get(key), dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
+    return card
