@@ -7,7 +7,7 @@ import importlib
 
 from mgr import __version__
 
-__all__ = ["COMMANDS", "add_ray_options", "add_storage_options", "build_parser"]
+__all__ = ["COMMANDS", "add_ray_options", "add_storage_options", "add_verbose_option", "build_parser"]
 
 #: subcommand → module under ``mgr.commands`` that registers it
 COMMANDS: dict[str, str] = {
@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "jobs": "jobs",
     "demo": "demo",
     "reproduce": "reproduce",
+    "report": "report",
+    "calibrate": "calibrate",
 }
 
 
@@ -31,6 +33,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "extract log-mel features, train the paper's models, label catalogs.",
     )
     parser.add_argument("--version", action="version", version=f"mgr {__version__}")
+    add_verbose_option(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         if only is not None and name != only:
@@ -42,7 +45,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 raise
             continue  # a command not built yet in this checkout
         mod.register(sub)
+    for command in sub.choices.values():  # `mgr COMMAND --verbose` as well as `mgr --verbose COMMAND`
+        try:
+            add_verbose_option(command)
+        except argparse.ArgumentError:
+            pass  # the command has a --verbose of its own
     return parser
+
+
+def add_verbose_option(parser: argparse.ArgumentParser, *, default=argparse.SUPPRESS) -> None:
+    """``--verbose``: show Ray's own console output (its logs stay in the session folder otherwise).
+
+    A subcommand's flag defaults to ``SUPPRESS`` so that it never undoes ``mgr --verbose COMMAND``.
+    """
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="also print Ray's own log lines and worker output (by default they stay in Ray's session "
+        "folder, /tmp/ray/session_*/logs, and only mgr's lines are printed)",
+    )
 
 
 def add_ray_options(parser: argparse.ArgumentParser) -> None:
