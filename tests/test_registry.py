@@ -302,3 +302,28 @@ def test_label_with_the_name_gives_the_reference_genres_on_real_music(ray_local,
         row = rows[Path(name).stem]
         assert row["error"] is None and row["genre"] == EXPECTED_TOP[name] == kr.GTZAN[int(r.argmax())], name
         np.testing.assert_allclose(np.asarray(row["probs"], dtype=np.float64), r, rtol=0, atol=PROB_ATOL)
+
+
+@needs_weights
+@pytest.mark.timeout(120)
+def test_demo_finds_the_paper_model_without_downloading(served, pulled_home, tmp_path, monkeypatch):
+    """`make demo`'s paper model: the cache when pulled, else the published file in a local folder
+    (sha256-checked, imported into the demo's workdir, the cache left alone), else none."""
+    from mgr.experiments.demo import paper_model_dir
+
+    monkeypatch.setenv("MGR_HOME", str(tmp_path / "empty"))
+    assert paper_model_dir(str(tmp_path / "w0"), weights_dirs=[]) == (None, "not on this machine")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copyfile(served["root"] / "corrupt.h5", bad / "paper_gtzan_cnn.h5")
+    assert paper_model_dir(str(tmp_path / "w0"), weights_dirs=[str(bad)])[0] is None
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copyfile(served["root"] / "weights.h5", good / "paper_gtzan_cnn.h5")
+    model_dir, origin = paper_model_dir(str(tmp_path / "w1"), weights_dirs=[str(bad), str(good)])
+    assert model_dir == str(tmp_path / "w1" / "models" / "paper-gtzan") and "sha256 verified" in origin
+    assert not (tmp_path / "empty").exists()
+    _reference_check(model_dir)
+    assert json.loads((Path(model_dir) / "model.json").read_text())["card"]["licence"]["name"] == "GPL-3.0"
+    monkeypatch.setenv("MGR_HOME", str(pulled_home))
+    assert paper_model_dir(str(tmp_path / "w2"), weights_dirs=[])[0] == str(pulled_home / "paper-gtzan")

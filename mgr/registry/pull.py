@@ -163,13 +163,20 @@ def pull(name: str, *, source: str | None = None, force: bool = False,
     data = fetch(source, ent=ent)
     digest = verify(data, ent=ent, origin=source)  # nothing written before this point
     root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=root))
+    except OSError as exc:
+        raise RegistryError(f"cannot write the model cache {root}: {exc}; set MGR_HOME to a writable folder") from None
     try:
         build_model_dir(ent, data, work / name, source=source)
-        if final.exists():  # --force, or a leftover without model.json: moved aside, then removed
-            final.rename(work / "replaced")
-        os.replace(work / name, final)
+        try:
+            if final.exists():  # --force, or a leftover without model.json: moved aside, then removed
+                final.rename(work / "replaced")
+            os.replace(work / name, final)
+        except OSError as exc:
+            if not is_cached(name):  # (a concurrent pull that put the same verified model there is fine)
+                raise RegistryError(f"cannot store {name} in the model cache {root}: {exc}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"name": name, "path": str(final), "sha256": digest, "source": source, "already": False}
