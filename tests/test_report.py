@@ -194,3 +194,60 @@ def test_the_labeling_report_renders_in_a_real_browser(tmp_path):
     _screenshot(res["index"], shot, tmp_path)
     # a blank page is one colour; the report has a header band, text and charts
     assert _distinct_colours(shot) > 50
+
+
+def _model_dir_with_reports(path, *, val_loss: bool = True) -> str:
+    """A model directory's text files (model.json, report.json with calibration, metrics.jsonl)."""
+    from mgr.inference.calibration import calibration_sums, coverage_table, expected_calibration_error, reliability
+
+    path.mkdir()
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 1.5, size=(300, len(GENRES)))
+    p = np.exp(3 * logits) / np.exp(3 * logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(len(GENRES), p=np.exp(z) / np.exp(z).sum()) for z in logits])
+    sums = calibration_sums(p, y, temperatures=(1.0, 3.0))
+    calibration = {"temperature": 3.0, "ece_before": expected_calibration_error(sums.hist[1.0]),
+                   "ece_after": expected_calibration_error(sums.hist[3.0]), "coverage": coverage_table(sums.hist[3.0]),
+                   "reliability_before": reliability(sums.hist[1.0]), "reliability_after": reliability(sums.hist[3.0])}
+    conf = np.zeros((3, 3), dtype=int)
+    np.add.at(conf, (y, p.argmax(1)), 1)
+    per_genre = {g: {"precision": 0.5 + 0.1 * i, "recall": 0.6, "f1": 0.55 + 0.1 * i, "support": int(conf[i].sum())}
+                 for i, g in enumerate(GENRES)}
+    (path / "model.json").write_text(json.dumps({"name": "cnn-test", "architecture": "cnn", "genres": GENRES,
+                                                 "window_frames": 108, "temperature": 3.0,
+                                                 "metrics": {"best_epoch": 3, "best_val_accuracy": 0.7}}))
+    (path / "report.json").write_text(json.dumps({"split": "test", "accuracy": float((p.argmax(1) == y).mean()),
+                                                  "genres": GENRES, "confusion": conf.tolist(),
+                                                  "per_genre": per_genre, "calibration": calibration,
+                                                  "model_id": "cnn-test-abc-t3"}))
+    hist = [{"epoch": e, "loss": 1.2 / e, "accuracy": 0.4 + 0.1 * e, "val_accuracy": 0.35 + 0.1 * e,
+             **({"val_loss": 1.3 / e + 0.1} if val_loss else {})} for e in range(1, 5)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
+    return str(path)
+
+
+@pytest.mark.timeout(180)
+def test_a_model_directory_gets_a_report_html_that_renders(tmp_path):
+    from mgr.reporting.model_report import write_model_report
+
+    model = _model_dir_with_reports(tmp_path / "model")
+    res = write_model_report(model)
+    doc = open(os.path.join(model, "report.html"), encoding="utf-8").read()
+    images = image_names(doc)
+    assert {"learning_curves.png", "confusion_matrix.png", "per_genre_f1.png", "calibration.png"} <= set(images)
+    assert all(os.path.isfile(os.path.join(model, name)) for name in images)
+    assert set(images) <= set(res["files"])
+    for piece in ("Calibration", "--min-confidence", "F1", "Learning curves"):
+        assert piece in doc, piece
+    assert "has no val_loss" not in doc
+    shot = str(tmp_path / "model.png")
+    _screenshot(res["report"], shot, tmp_path)
+    assert _distinct_colours(shot) > 50
+
+
+def test_a_model_report_says_when_metrics_lack_the_validation_loss(tmp_path):
+    from mgr.reporting.model_report import write_model_report
+
+    model = _model_dir_with_reports(tmp_path / "model", val_loss=False)
+    write_model_report(model)
+    assert "has no val_loss" in open(os.path.join(model, "report.html"), encoding="utf-8").read()
