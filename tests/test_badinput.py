@@ -15,6 +15,7 @@ import pytest
 from mgr.datasets import labelset
 
 from mgr.io import storage
+from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
 from mgr.pipelines.extract import extract
 from mgr.datasets.featureset import MANIFEST_NAME, read_manifest
 from mgr.pipelines.label import label_catalog
@@ -74,7 +75,7 @@ def test_bad_corpus_extract_and_label(ray_local, corpus, tmp_path):
     before = snapshot(root) | snapshot(tmp_path)
 
     feat = str(tmp_path / "features")
-    summary = extract(cat, feat, labels="none")
+    summary = extract(ExtractConfig(cat, feat, labels="none"))
     rows = _by_rel(pq.read_table(feat).to_pylist(), cat)
     _check(rows, want_x, ok_field="mel")
     assert rows["long/hour.wav"]["n_frames"] == 77520  # the whole hour, not a prefix
@@ -86,7 +87,7 @@ def test_bad_corpus_extract_and_label(ray_local, corpus, tmp_path):
 
     model = model_dir(tmp_path / "model")
     labels = str(tmp_path / "labels")
-    s = label_catalog(cat, labels, model_dir=model, rows_per_file=8)
+    s = label_catalog(LabelConfig(cat, labels, model_dir=model, rows_per_file=8))
     rows = _by_rel(pq.read_table(labels).to_pylist(), cat)
     _check(rows, want, ok_field="genre")
     assert s["complete"] and s["run"]["files"] == len(want) and s["counts"]["missing"] == 0
@@ -97,7 +98,7 @@ def test_bad_corpus_extract_and_label(ray_local, corpus, tmp_path):
     names.mkdir()
     write_long_wav(str(names / "x.wav"), seconds=70, sr=8000)
     os.rename(os.path.join(os.fsencode(str(names)), b"x.wav"), os.path.join(os.fsencode(str(names)), NON_UTF8_NAME))
-    s2 = label_catalog(str(names), str(tmp_path / "labels-names"), model_dir=model, max_windows=1)
+    s2 = label_catalog(LabelConfig(str(names), str(tmp_path / "labels-names"), model_dir=model, max_windows=1))
     (row,) = pq.read_table(str(tmp_path / "labels-names")).to_pylist()
     assert row["error"] is None and row["decoded_s"] < 40 < row["duration_s"] and s2["run"]["files"] == 1
     assert os.path.exists(os.path.join(os.fsencode(str(names)), NON_UTF8_NAME))
@@ -181,7 +182,7 @@ def test_s3_objects_gone_or_forbidden_between_listing_and_reading(ray_local, s3_
     rules = [Rule(status=0, methods=("GET", "HEAD"), path=r"/cat/gone\.wav$", hook=vanish),
              Rule(status=403, code="AccessDenied", methods=("GET", "HEAD"), path=r"/cat/secret\.wav$", limit=None)]
     with FaultProxy(s3_endpoint, rules) as proxy:
-        summary = extract(f"s3://{bucket}/cat", f"s3://{bucket}/feat", endpoint_url=proxy.url)
+        summary = extract(ExtractConfig(f"s3://{bucket}/cat", f"s3://{bucket}/feat", endpoint_url=proxy.url))
         fs.invalidate_cache()
         feat = {r["uri"].rsplit("/", 1)[-1]: r for r in pq.read_table(f"{bucket}/feat", filesystem=fs).to_pylist()}
         assert summary["counts"]["files"] == 5 == len(feat) and summary["counts"]["errors"] == 3
@@ -193,7 +194,7 @@ def test_s3_objects_gone_or_forbidden_between_listing_and_reading(ray_local, s3_
 
         fs.put(str(tmp_path / "gone.wav"), f"{bucket}/cat/gone.wav")  # back, to vanish again
         model = model_dir(tmp_path / "model")
-        s = label_catalog(f"s3://{bucket}/cat", f"s3://{bucket}/labels", model_dir=model, endpoint_url=proxy.url)
+        s = label_catalog(LabelConfig(f"s3://{bucket}/cat", f"s3://{bucket}/labels", model_dir=model, endpoint_url=proxy.url))
         fs.invalidate_cache()
         lab = {r["uri"].rsplit("/", 1)[-1]: r for r in pq.read_table(f"{bucket}/labels", filesystem=fs).to_pylist()}
         assert len(lab) == 5 and s["complete"] and s["run"]["errors"] == 3

@@ -12,6 +12,7 @@ import pytest
 from mgr.audio.decode import decode
 from mgr.cli import main
 from mgr.config import PRESETS
+from mgr.pipelines.catalog_config import ExtractConfig
 from mgr.pipelines.extract import extract
 from mgr.audio.features import log_mel
 from mgr.datasets.featureset import decode_mel, read_manifest
@@ -44,7 +45,7 @@ def test_extract_local_folder_accounts_for_every_file(ray_local, tmp_path):
     good = genre_tree(str(src), per_style=4, seconds=2.5)
     broken = broken_files(src)
     out = str(tmp_path / "features")
-    summary = extract(str(src), out, labels="folder", seed=3)
+    summary = extract(ExtractConfig(str(src), out, labels="folder", seed=3))
 
     table = pq.read_table(out)  # one schema across all files: one call reads the dataset
     rows = {r["uri"]: r for r in table.to_pylist()}
@@ -77,17 +78,17 @@ def test_extract_resumes_and_only_adds_new_files(ray_local, tmp_path):
     src = tmp_path / "in"
     first = genre_tree(str(src), styles=("drone", "chime"), per_style=2, seconds=1.5, formats=("wav", "ogg"))
     out = str(tmp_path / "features")
-    extract(str(src), out, labels="folder")
-    again = extract(str(src), out, labels="folder")
+    extract(ExtractConfig(str(src), out, labels="folder"))
+    again = extract(ExtractConfig(str(src), out, labels="folder"))
     assert again["run"]["files_extracted"] == 0
     split_before = {r["uri"]: r["split"] for r in pq.read_table(out).to_pylist()}
     added = write_audio(str(src / "chime" / "chime.new.flac"), music_like("chime", 1.5, seed=9))
-    grown = extract(str(src), out, labels="folder")
+    grown = extract(ExtractConfig(str(src), out, labels="folder"))
     assert grown["run"]["files_extracted"] == 1
     rows = pq.read_table(out).to_pylist()
     assert sorted(r["uri"] for r in rows) == sorted(first + [added])  # no duplicates
     assert all(split_before[r["uri"]] == r["split"] for r in rows if r["uri"] in split_before)
-    redo = extract(str(src), out, labels="folder", overwrite=True)
+    redo = extract(ExtractConfig(str(src), out, labels="folder", overwrite=True))
     assert redo["run"]["files_extracted"] == len(first) + 1
     assert pq.read_table(out).num_rows == len(first) + 1
 
@@ -98,7 +99,7 @@ def test_extract_from_and_to_s3(ray_local, tmp_path, s3_bucket, s3_endpoint):
     good = genre_tree(str(src), styles=("drone", "techno"), per_style=2, seconds=1.5, formats=("mp3", "flac"))
     (src / "techno" / "junk.ogg").write_bytes(b"OggS" + b"\x01" * 100)
     fs.put(str(src), f"{bucket}/catalog", recursive=True)
-    summary = extract(f"s3://{bucket}/catalog", f"s3://{bucket}/features", labels="folder", endpoint_url=s3_endpoint)
+    summary = extract(ExtractConfig(f"s3://{bucket}/catalog", f"s3://{bucket}/features", labels="folder", endpoint_url=s3_endpoint))
     assert summary["counts"]["files"] == len(good) + 1
     with fs.open(f"{bucket}/features/_features.json") as fh:
         assert json.load(fh)["counts"]["errors"] == 1

@@ -21,6 +21,7 @@ from mgr.datasets import labelset
 from mgr.io import storage
 from mgr.cli import main as cli_main
 from mgr.errors import JobError, MgrError
+from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
 from mgr.pipelines.extract import extract
 from mgr.datasets.featureset import MANIFEST_NAME
 from mgr.pipelines.label import label_catalog
@@ -84,10 +85,9 @@ def test_s3_throttling_and_transient_errors_are_retried(ray_local, s3_bucket, s3
     ]
     fs.put(model_dir(tmp_path / "model"), f"{bucket}/model", recursive=True)
     with FaultProxy(s3_endpoint, rules) as proxy:
-        s = extract(f"s3://{bucket}/cat", f"s3://{bucket}/feat", endpoint_url=proxy.url)
+        s = extract(ExtractConfig(f"s3://{bucket}/cat", f"s3://{bucket}/feat", endpoint_url=proxy.url))
         assert s["counts"]["files"] == 4 and s["counts"]["errors"] == 0
-        lab = label_catalog(f"s3://{bucket}/cat", f"s3://{bucket}/labels", model_dir=f"s3://{bucket}/model",
-                            endpoint_url=proxy.url, log=lambda _l: None)
+        lab = label_catalog(LabelConfig(f"s3://{bucket}/cat", f"s3://{bucket}/labels", model_dir=f"s3://{bucket}/model", endpoint_url=proxy.url), log=lambda _l: None)
         assert lab["complete"] and lab["run"]["files"] == 4 and lab["run"]["errors"] == 0
         fired = [r.fired for r in rules]
     assert fired == [1, 3, 2, 2, 1], fired  # every injected fault happened, and was survived
@@ -165,7 +165,7 @@ def test_sigint_to_mgr_extract_then_rerun_finishes_without_redoing(ray_local, so
     done = pq.read_table(out, columns=["uri"]).num_rows
     assert 0 < done < N_SONGS, "the interrupt came after the end: nothing to resume"
 
-    s = extract(str(cat), out)
+    s = extract(ExtractConfig(str(cat), out))
     assert s["run"]["files_skipped_already_done"] == done and s["run"]["files_extracted"] == N_SONGS - done
     uris = pq.read_table(out, columns=["uri"]).column("uri").to_pylist()
     assert len(uris) == len(set(uris)) == N_SONGS and s["counts"]["errors"] == 0
@@ -174,9 +174,11 @@ def test_sigint_to_mgr_extract_then_rerun_finishes_without_redoing(ray_local, so
 
 _LABEL_DRIVER = """
 import sys
+from mgr.pipelines.catalog_config import LabelConfig
 from mgr.pipelines.label import label_catalog
 try:
-    label_catalog(sys.argv[1], sys.argv[2], model_dir=sys.argv[3], files_per_task=1, rows_per_file=1, num_cpus=2)
+    label_catalog(LabelConfig(sys.argv[1], sys.argv[2], model_dir=sys.argv[3], files_per_task=1, rows_per_file=1,
+                              num_cpus=2))
 except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     sys.exit(130)
@@ -193,7 +195,7 @@ def test_sigint_to_label_then_rerun_and_a_second_run_is_refused(ray_local, songs
         started = _wait_for(lambda: _parts(out), timeout=150, proc=proc)
         # a second run on the same OUTPUT while the first writes: refused, nothing touched
         with pytest.raises(JobError, match=rf"being written by mgr label \(pid {proc.pid} on "):
-            label_catalog(str(cat), out, model_dir=model)
+            label_catalog(LabelConfig(str(cat), out, model_dir=model))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -210,10 +212,10 @@ def test_sigint_to_label_then_rerun_and_a_second_run_is_refused(ray_local, songs
     with open(lock, "w") as fh:  # a run on another machine holds OUTPUT: refused
         json.dump({"host": "other-host", "pid": 1, "command": "mgr label", "started": "x"}, fh)
     with pytest.raises(JobError, match="other-host"):
-        label_catalog(str(cat), out, model_dir=model)
+        label_catalog(LabelConfig(str(cat), out, model_dir=model))
     with open(lock, "w") as fh:  # a killed run of this host (its pid is gone): taken over
         json.dump({"host": socket.gethostname(), "pid": proc.pid, "command": "mgr label", "started": "x"}, fh)
-    s = label_catalog(str(cat), out, model_dir=model, log=lambda _l: None)
+    s = label_catalog(LabelConfig(str(cat), out, model_dir=model), log=lambda _l: None)
     assert s["run"]["files_skipped_already_done"] == done and s["run"]["files"] == N_SONGS - done
     assert s["complete"] and not os.path.exists(lock)
     uris = pq.read_table(out, columns=["uri"]).column("uri").to_pylist()
@@ -228,6 +230,7 @@ work, cat, model = sys.argv[1:4]
 import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
+from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
 from mgr.pipelines.extract import extract
 from mgr.pipelines.label import label_catalog
 
@@ -236,7 +239,7 @@ from mgr.pipelines.label import label_catalog
 # it. Keep this test cluster to this process.
 ray._private.utils.write_ray_address = lambda *args, **kwargs: None
 feat, labels = os.path.join(work, "features"), os.path.join(work, "labels")
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 ray.init(address=cluster.address, logging_level="WARNING")
 result = {}
@@ -272,8 +275,7 @@ def remove_when_started(path, key, victim):
     result[key + "_removal_after_s"] = round(time.time() - t0, 1)
     if not parts(path):
         return  # the job never got going (or already failed): nothing to interrupt
-    cluster.remove_node(victim, allow_graceful=False)  # the node dies with its raylet and workers
-    workers.append(cluster.add_node(num_cpus=1))  # a replacement joins, as an autoscaler brings one
+    cluster.remove_node(victim, allow_graceful=False)  # the node dies with its raylet and workers; no replacement
 
 def finish(th, box, key):
     th.join(240)
@@ -283,15 +285,15 @@ def finish(th, box, key):
         os._exit(3)
     return box["value"]
 
-th, box = in_thread(extract, input_uri=cat, output_uri=feat)
+th, box = in_thread(extract, cfg=ExtractConfig(cat, feat))
 remove_when_started(feat, "extract", workers[0])
 s = finish(th, box, "extract")
 uris = pq.read_table(feat, columns=["uri"]).column("uri").to_pylist()
 result.update(extract_files=s["counts"]["files"], extract_errors=s["counts"]["errors"], extract_uris=uris,
               features_json=os.path.exists(os.path.join(feat, "_features.json")))
 
-th, box = in_thread(label_catalog, catalog=cat, output=labels, model_dir=model, files_per_task=1,
-                    rows_per_file=1, log=lambda _l: None)
+th, box = in_thread(label_catalog, cfg=LabelConfig(cat, labels, model_dir=model, files_per_task=1, rows_per_file=1),
+                    log=lambda _l: None)
 remove_when_started(labels, "label", workers[1])
 s = finish(th, box, "label")
 uris = pq.read_table(labels, columns=["uri"]).column("uri").to_pylist()
@@ -305,9 +307,10 @@ print("RESULT " + json.dumps(result), flush=True)
 
 @pytest.mark.timeout(600)
 def test_worker_node_removed_mid_extraction_and_labeling(songs, tmp_path):
-    """A 3-node Ray (head without CPUs + 2 one-CPU workers) in a subprocess; once the first
-    part file of each job exists a worker node is killed (a replacement joins): the outputs
-    are complete, every file exactly once, with no error rows."""
+    """A 3-node Ray (three one-CPU nodes, the driver on the head) in a subprocess; once the
+    first part file of each job exists a worker node is killed and none replaces it (after
+    both jobs only the head is left): the jobs re-plan what OUTPUT lacks and finish on the
+    nodes that remain; the outputs are complete, every file exactly once, no error rows."""
     cat, model = songs
     env = {**_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _CLUSTER_SCRIPT, str(tmp_path), str(cat), model],

@@ -18,6 +18,7 @@ from mgr.config import PRESETS
 from mgr.errors import ConfigError, ModelError
 from mgr.audio.features import log_mel, pad_value
 from mgr.inference.windows import cut_windows, window_starts
+from mgr.pipelines.catalog_config import LabelConfig
 from mgr.pipelines.label import label_catalog
 from mgr.models import build_model
 from mgr.models.modeldir import load_model_dir, save_model_dir
@@ -94,7 +95,7 @@ def _direct_probs(path, model_dir):
 @pytest.mark.timeout(240)
 def test_label_local_catalog(ray_local, catalog, models, tmp_path):
     out = str(tmp_path / "labels")
-    s = label_catalog(catalog, out, model_dir=models["cnn"], top_k=2, batch_size=3, rows_per_file=4)
+    s = label_catalog(LabelConfig(catalog, out, model_dir=models["cnn"], top_k=2, batch_size=3, rows_per_file=4))
     n_files = 6 + 3 + 3
     t = pq.read_table(out)  # one schema across all parts
     assert t.num_rows == n_files == s["counts"]["files"] == s["run"]["files"]
@@ -141,11 +142,11 @@ def test_resume_foreign_model_and_overwrite(ray_local, catalog, models, tmp_path
     shutil.copytree(os.path.join(catalog, "drone"), sub / "drone")
     shutil.copytree(os.path.join(catalog, "bad"), sub / "bad")
     out = str(tmp_path / "labels")
-    first = label_catalog(str(sub), out, model_dir=models["cnn"], rows_per_file=2)
+    first = label_catalog(LabelConfig(str(sub), out, model_dir=models["cnn"], rows_per_file=2))
     assert first["run"]["files"] == 5
     # the catalog grows: only the new files are labeled
     shutil.copytree(os.path.join(catalog, "chime"), sub / "chime")
-    grown = label_catalog(str(sub), out, model_dir=models["cnn"], rows_per_file=2)
+    grown = label_catalog(LabelConfig(str(sub), out, model_dir=models["cnn"], rows_per_file=2))
     assert grown["run"]["files"] == 2 and grown["run"]["files_skipped_already_done"] == 5
     # an interrupted run: a part file is lost, a half-written temp file is left behind
     parts = sorted(p for p in os.listdir(out) if p.startswith("part-"))
@@ -155,20 +156,20 @@ def test_resume_foreign_model_and_overwrite(ray_local, catalog, models, tmp_path
     os.remove(os.path.join(out, labelset.MARKER_NAME))
     with open(os.path.join(out, ".tmp-dead-part-x.parquet"), "wb") as fh:
         fh.write(b"PAR1 half")
-    resumed = label_catalog(str(sub), out, model_dir=models["cnn"], rows_per_file=2)
+    resumed = label_catalog(LabelConfig(str(sub), out, model_dir=models["cnn"], rows_per_file=2))
     assert resumed["run"]["files"] == lost and resumed["complete"]
     assert all(os.stat(os.path.join(out, p)).st_mtime_ns == m for p, m in kept.items())
     t = pq.read_table(out)
     uris = t.column("uri").to_pylist()
     assert len(uris) == len(set(uris)) == 7 and not any(n.startswith(".tmp-") for n in os.listdir(out))
     # nothing left to do: no pipeline, same rows, a fresh marker
-    again = label_catalog(str(sub), out, model_dir=models["cnn"])
+    again = label_catalog(LabelConfig(str(sub), out, model_dir=models["cnn"]))
     assert again["run"]["files"] == 0 and pq.read_table(out).num_rows == 7
     # another model is refused on this OUTPUT ...
     with pytest.raises(ConfigError, match="--overwrite"):
-        label_catalog(str(sub), out, model_dir=models["crnn"])
+        label_catalog(LabelConfig(str(sub), out, model_dir=models["crnn"]))
     # ... unless --overwrite: everything is relabeled by it, with per-step distributions
-    over = label_catalog(str(sub), out, model_dir=models["crnn"], overwrite=True, per_step=True, batch_size=2)
+    over = label_catalog(LabelConfig(str(sub), out, model_dir=models["crnn"], overwrite=True, per_step=True, batch_size=2))
     assert over["run"]["files"] == 7 and over["model_id"] != first["model_id"]
     t = pq.read_table(out)
     assert t.num_rows == 7 and set(t.column("model_id").to_pylist()) == {over["model_id"]}
@@ -180,7 +181,7 @@ def test_resume_foreign_model_and_overwrite(ray_local, catalog, models, tmp_path
     x = torch.zeros(1, CFG.n_mels, 647)
     assert steps.shape[1] == lm.model.step_probs(x).shape[1]
     with pytest.raises(ConfigError, match="crnn"):
-        label_catalog(str(sub), out, model_dir=models["cnn"], overwrite=True, per_step=True)
+        label_catalog(LabelConfig(str(sub), out, model_dir=models["cnn"], overwrite=True, per_step=True))
 
 
 @pytest.mark.timeout(240)
@@ -227,7 +228,7 @@ def test_label_s3_catalog_via_cli(ray_local, s3_bucket, s3_endpoint, catalog, mo
 def test_model_preset_mismatch_is_a_clear_error(tmp_path, catalog, capsys):
     bad_mels = _model_dir(tmp_path / "m1", "cnn", feature_config={**CFG.to_dict(), "n_mels": 64}, normalization=None)
     with pytest.raises(ModelError, match="inconsistent"):
-        label_catalog(catalog, str(tmp_path / "o1"), model_dir=bad_mels)
+        label_catalog(LabelConfig(catalog, str(tmp_path / "o1"), model_dir=bad_mels))
     unknown = _model_dir(tmp_path / "m2", "cnn", feature_config={**CFG.to_dict(), "preset": "studio"})
     assert cli_main(["label", catalog, str(tmp_path / "o2"), "--model", unknown]) == 2
     err = capsys.readouterr().err.strip()
@@ -254,9 +255,8 @@ def test_excerpts_and_unknown(ray_local, models, tmp_path):
     write_audio(str(cat / "long.wav"), music_like("bossa", 200.0, seed=11))  # native 22050 Hz: no resampling
     write_audio(str(cat / "long.flac"), music_like("rumble", 180.0, seed=12))
     write_audio(str(cat / "short.ogg"), music_like("chime", 20.0, seed=13))
-    full = label_catalog(str(cat), str(tmp_path / "full"), model_dir=models["cnn"])
-    part = label_catalog(str(cat), str(tmp_path / "part"), model_dir=models["cnn"], max_windows=3,
-                         min_confidence=0.99)
+    full = label_catalog(LabelConfig(str(cat), str(tmp_path / "full"), model_dir=models["cnn"]))
+    part = label_catalog(LabelConfig(str(cat), str(tmp_path / "part"), model_dir=models["cnn"], max_windows=3, min_confidence=0.99))
     f = {os.path.basename(r["uri"]): r for r in pq.read_table(str(tmp_path / "full")).to_pylist()}
     p = {os.path.basename(r["uri"]): r for r in pq.read_table(str(tmp_path / "part")).to_pylist()}
     for name in ("long.wav", "long.flac"):
@@ -283,16 +283,16 @@ def test_retry_storage_errors(ray_local, models, tmp_path):
     target = tmp_path / "elsewhere" / "b.flac"
     os.symlink(target, cat / "b.flac")
     out = str(tmp_path / "labels")
-    first = label_catalog(str(cat), out, model_dir=models["cnn"])
+    first = label_catalog(LabelConfig(str(cat), out, model_dir=models["cnn"]))
     rows = {os.path.basename(r["uri"]): r for r in pq.read_table(out).to_pylist()}
     assert rows["b.flac"]["error"].startswith(labelset.RETRYABLE_PREFIX)
     assert not rows["text.mp3"]["error"].startswith(labelset.RETRYABLE_PREFIX) and first["run"]["errors"] == 2
-    assert label_catalog(str(cat), out, model_dir=models["cnn"])["run"]["files"] == 0
-    still = label_catalog(str(cat), out, model_dir=models["cnn"], retry_errors=True)
+    assert label_catalog(LabelConfig(str(cat), out, model_dir=models["cnn"]))["run"]["files"] == 0
+    still = label_catalog(LabelConfig(str(cat), out, model_dir=models["cnn"], retry_errors=True))
     assert still["run"]["retried"] == 1 and still["run"]["still_broken"] == 1 and still["run"]["files"] == 1
     assert pq.read_table(out).num_rows == 3
     write_audio(str(target), music_like("chime", 3.0, seed=2))  # the fault is removed
-    fixed = label_catalog(str(cat), out, model_dir=models["cnn"], retry_errors=True)
+    fixed = label_catalog(LabelConfig(str(cat), out, model_dir=models["cnn"], retry_errors=True))
     assert fixed["run"]["retried"] == 1 and fixed["run"]["still_broken"] == 0 and fixed["counts"]["errors"] == 1
     t = pq.read_table(out)
     rows = {os.path.basename(r["uri"]): r for r in t.to_pylist()}
@@ -312,11 +312,11 @@ def test_manifest_catalog_with_track_ids(ray_local, catalog, models, tmp_path):
         f"{os.path.join(catalog, 'bad', 'text.mp3')},,third\n"
     )
     out = str(tmp_path / "labels")
-    s = label_catalog(f"manifest:{man}", out, model_dir=models["cnn"])
+    s = label_catalog(LabelConfig(f"manifest:{man}", out, model_dir=models["cnn"]))
     rows = {r["track_id"]: r for r in pq.read_table(out).to_pylist()}
     assert set(rows) == {"T-1", "T-2", "text"} and s["counts"]["files"] == 3
     assert rows["T-2"]["uri"] == str(man.parent / "rel.ogg") and rows["T-2"]["genre"] in GENRES
     assert rows["T-1"]["album"] == "first" and rows["T-2"]["album"] is None and rows["text"]["error"]
     with pytest.raises(Exception, match="no 'uri' column"):
         (tmp_path / "bad.csv").write_text("path\nx.wav\n")
-        label_catalog(f"manifest:{tmp_path / 'bad.csv'}", str(tmp_path / "o2"), model_dir=models["cnn"])
+        label_catalog(LabelConfig(f"manifest:{tmp_path / 'bad.csv'}", str(tmp_path / "o2"), model_dir=models["cnn"]))

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mgr.datasets import labelset
+from mgr.pipelines.catalog_config import LabelConfig
 from mgr.pipelines.label import label_catalog
 from tests.audiogen import music_like, write_audio
 from tests.faults import model_dir, snapshot
@@ -147,7 +148,7 @@ def test_crafted_s3_keys_cannot_steer_local_output(ray_local, s3_bucket, s3_endp
     work.mkdir()
     before = snapshot(tmp_path)
     out = str(work / "labels")
-    s = label_catalog(f"s3://{bucket}/cat", out, model_dir=model, endpoint_url=s3_endpoint, log=lambda _l: None)
+    s = label_catalog(LabelConfig(f"s3://{bucket}/cat", out, model_dir=model, endpoint_url=s3_endpoint), log=lambda _l: None)
     rows = pq.read_table(out).to_pylist()
     assert sorted(r["uri"] for r in rows) == sorted(f"s3://{bucket}/{k}" for k in keys) and s["complete"]
     new = snapshot(tmp_path) - before

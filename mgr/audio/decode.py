@@ -42,6 +42,13 @@ class AudioInfo:
         return self.frames / self.samplerate if self.samplerate else 0.0
 
 
+def _unreadable(message: str) -> AudioError:
+    """The error of a file that could not be read (not a bad file): ``retryable`` is True."""
+    err = AudioError(message)
+    err.retryable = True
+    return err
+
+
 def _open(source: Source, name: str):
     import soundfile as sf
 
@@ -54,7 +61,7 @@ def _open(source: Source, name: str):
             if os.path.getsize(source) == 0:
                 raise AudioError("empty file (0 bytes)")
         except OSError as exc:
-            raise AudioError(f"cannot read file: {exc.strerror or exc}") from None
+            raise _unreadable(f"cannot read file: {exc.strerror or exc}") from None
         if os.name == "posix":
             # bytes reach libsndfile as they are: soundfile's own str encoding refuses the
             # surrogate-escaped names of files whose names are not valid UTF-8
@@ -70,7 +77,7 @@ def _open(source: Source, name: str):
             ) from None
         raise AudioError(f"not decodable audio ({_reason(exc)})") from None
     except PermissionError as exc:
-        raise AudioError(f"cannot read file: permission denied ({exc})") from None
+        raise _unreadable(f"cannot read file: permission denied ({exc})") from None
     except (OSError, RuntimeError, ValueError) as exc:
         raise AudioError(f"not decodable audio ({exc})") from None
 

@@ -42,13 +42,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from mgr.pipelines.extract import extract
+def config(args: argparse.Namespace):
+    """The :class:`~mgr.pipelines.catalog_config.ExtractConfig` of the command line."""
+    from mgr.pipelines.catalog_config import ExtractConfig
 
     official = args.split == "official"
-    summary = extract(
-        args.input,
-        args.output,
+    return ExtractConfig(
+        input=args.input,
+        output=args.output,
         labels=args.labels,
         preset=args.preset,
         seed=args.seed,
@@ -62,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         endpoint_url=args.endpoint_url,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mgr.pipelines.extract import extract
+
+    summary = extract(config(args), progress=not args.json)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

@@ -62,19 +62,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from mgr.pipelines.label import label_catalog, parse_actors
+def config(args: argparse.Namespace):
+    """The :class:`~mgr.pipelines.catalog_config.LabelConfig` of the command line."""
+    from mgr.pipelines.catalog_config import LabelConfig
     from mgr.registry import resolve_model
 
-    summary = label_catalog(
-        args.catalog,
-        args.output,
+    return LabelConfig(
+        catalog=args.catalog,
+        output=args.output,
         model_dir=resolve_model(args.model),
         window_seconds=args.window_seconds,
         hop_seconds=args.hop_seconds,
         top_k=args.top_k,
         batch_size=args.batch_size,
-        actors=parse_actors(args.actors),
+        actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
         per_step=args.per_step,
@@ -87,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         num_cpus=args.num_cpus,
         endpoint_url=args.endpoint_url,
-        log=(lambda _line: None) if args.json else print,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mgr.pipelines.label import label_catalog
+
+    summary = label_catalog(config(args), log=(lambda _line: None) if args.json else print,
+                            progress=not args.json)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -105,6 +112,8 @@ def format_summary(s: dict) -> str:
         f"{run['files_skipped_already_done']} already done)",
         f"errors this run: {run['errors']}" + "".join(f"\n  {e}" for e in run["error_examples"]),
     ]
+    if run.get("error_kinds"):
+        lines.append("error classes: " + ", ".join(f"{k} × {n}" for k, n in run["error_kinds"].items()))
     if run.get("retried"):
         lines.append(f"retried {run['retried']} storage error(s); still broken: {run['still_broken']}"
                      + "".join(f"\n  {u}" for u in run["still_broken_examples"]))

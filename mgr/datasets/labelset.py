@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from mgr.io import storage
+from mgr.io.location import Location
 from mgr.io.parts import list_parts, part_name, write_part  # noqa: F401  (labels parts are mgr's parts)
 from mgr.errors import ConfigError, StorageError
 
@@ -29,7 +29,6 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "UNKNOWN",
     "RETRYABLE_PREFIX",
-    "drop_rows",
     "MARKER_NAME",
     "labels_schema",
     "genres_of",
@@ -153,6 +152,7 @@ def track_result(
     top_k: int,
     steps: np.ndarray | None = None,
     min_confidence: float = 0.0,
+    track_probs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Aggregate a track's window distributions into its result columns.
 
@@ -171,6 +171,9 @@ def track_result(
     min_confidence : float
         Below this top probability ``genre`` is ``"unknown"`` (``top_genres`` and
         ``confidence`` still say what the model thought).
+    track_probs : np.ndarray, optional
+        ``[n_classes]`` the track's distribution when it is not the plain mean of its
+        windows' (a calibrated one: the labeling job applies the model's temperature).
 
     Returns
     -------
@@ -183,7 +186,10 @@ def track_result(
         raise ValueError(f"window_probs must be [n_windows>0, {len(genres)}], got {wp.shape}")
     if len(times) != wp.shape[0]:
         raise ValueError(f"{len(times)} window times for {wp.shape[0]} windows")
-    probs = wp.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if track_probs is None:
+        probs = wp.mean(axis=0, dtype=np.float64).astype(np.float32)
+    else:
+        probs = np.asarray(track_probs, dtype=np.float32).reshape(len(genres))
     k = max(1, min(int(top_k), len(genres)))
     order = np.argsort(-probs, kind="stable")[:k]
     best = np.argmax(wp, axis=1)
@@ -230,12 +236,15 @@ class ExistingOutput:
         return not self.files and self.marker is None
 
 
-def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = False) -> ExistingOutput:
-    """Read the ``uri``/``model_id``/``error`` columns of an OUTPUT for resume.
+def read_existing(where: Location | str, *, endpoint_url: str | None = None, clean: bool = False) -> ExistingOutput:
+    """Read the ``uri``/``model_id``/``error`` columns of a (small) OUTPUT into Python sets.
+
+    For inspection and tests: the labeling job itself never does this (it plans with a
+    distributed anti-join, :mod:`mgr.pipelines.output`).
 
     Parameters
     ----------
-    uri : str
+    where : Location or str
         Labels folder, local or ``s3://``.
     clean : bool
         Delete temporary files an interrupted run left behind.
@@ -247,9 +256,10 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
     """
     import pyarrow.parquet as pq
 
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    loc = Location.of(where, endpoint_url=endpoint_url)
+    fs, uri = loc.fs, loc.uri
     try:
-        files, tmp = list_parts(fs, path)
+        files, tmp = list_parts(loc)
         if clean:
             for p in tmp:
                 fs.rm(p)
@@ -280,52 +290,23 @@ def read_existing(uri: str, *, endpoint_url: str | None = None, clean: bool = Fa
                  if e is not None and e.startswith(RETRYABLE_PREFIX)]
         if again:
             retryable[p] = again
-    out = ExistingOutput(uris, model_ids, genres, files, errors, read_marker(uri, endpoint_url=endpoint_url),
-                         retryable)
+    out = ExistingOutput(uris, model_ids, genres, files, errors, read_marker(loc), retryable)
     out.columns = columns
     return out
 
 
-def drop_rows(output: str, part: str, uris: Sequence[str], *, endpoint_url: str | None = None) -> int:
-    """Remove the rows of ``uris`` from the part file ``part`` of ``output``.
-
-    The old file is deleted before the kept rows are written anew (under the name of
-    their uris): an interruption in between loses rows, which the next run labels again,
-    and never duplicates them. Returns the number of rows kept.
-    """
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    fs, _ = storage.filesystem(output, endpoint_url=endpoint_url)
-    try:
-        with fs.open(part, "rb") as fh:
-            table = pq.read_table(fh)
-        keep = table.filter(pc.invert(pc.is_in(table.column("uri"), value_set=pa.array(list(uris), pa.string()))))
-        fs.rm(part)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise StorageError(f"cannot rewrite {part} of {output}: {exc}") from None
-    if keep.num_rows:
-        write_part(keep, output, endpoint_url=endpoint_url)
-    return keep.num_rows
-
-
-def read_marker(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any] | None:
+def read_marker(where: Location | str, *, endpoint_url: str | None = None) -> dict[str, Any] | None:
     """The completion marker of an OUTPUT, or None when absent."""
-    fs, path = storage.filesystem(storage.join(uri, MARKER_NAME), endpoint_url=endpoint_url)
+    marker = Location.of(where, endpoint_url=endpoint_url).join(MARKER_NAME)
     try:
-        with fs.open(path, "r") as fh:
+        with marker.fs.open(marker.path, "r") as fh:
             return json.load(fh)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read {MARKER_NAME} of {uri}: {exc}") from None
+        raise StorageError(f"cannot read {MARKER_NAME} of {marker.uri}: {exc}") from None
 
 
-def write_marker(uri: str, marker: dict[str, Any], *, endpoint_url: str | None = None) -> None:
+def write_marker(where: Location | str, marker: dict[str, Any], *, endpoint_url: str | None = None) -> None:
     """Write the completion marker ``_SUCCESS.json`` (counts, model id, vocabulary)."""
-    fs, path = storage.filesystem(storage.join(uri, MARKER_NAME), endpoint_url=endpoint_url)
-    try:
-        with fs.open(path, "w") as fh:
-            json.dump(marker, fh, indent=2, sort_keys=True)
-    except OSError as exc:
-        raise StorageError(f"cannot write {MARKER_NAME} to {uri}: {exc}") from None
+    Location.of(where, endpoint_url=endpoint_url).join(MARKER_NAME).write_json(marker)

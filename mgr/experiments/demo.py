@@ -196,6 +196,7 @@ def run_demo(
         labeled with the paper's model.
     """
     from mgr.pipelines.evaluate import evaluate
+    from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
     from mgr.pipelines.extract import extract
     from mgr.pipelines.label import label_catalog
     from mgr.pipelines.runtime import ray_session
@@ -220,7 +221,7 @@ def run_demo(
     results: dict[str, Any] = {"workdir": workdir}
     with ray_session(num_cpus=num_cpus):
         log("[2/6] mgr extract (Ray Data: decode + log-mel → Parquet)")
-        ext = extract(gen["collection"], features, labels="folder", seed=seed)
+        ext = extract(ExtractConfig(gen["collection"], features, labels="folder", seed=seed))
         results["extract"] = {"files": ext["counts"]["files"], "errors": ext["counts"]["errors"],
                               "by_split": ext["counts"]["by_split"], "files_per_s": ext["run"]["files_per_s"]}
         step("extract")
@@ -245,12 +246,14 @@ def run_demo(
         step("evaluate")
         log(f"[5/6] mgr label the catalog with the better model ({best})")
         labels_out = os.path.join(workdir, "labels")
-        lab = label_catalog(gen["catalog"], labels_out, model_dir=models[best], overwrite=True, log=lambda _m: None)
+        lab = label_catalog(LabelConfig(gen["catalog"], labels_out, model_dir=models[best], overwrite=True),
+                            log=lambda _m: None)
         results["label"] = _label_summary(lab, labels_out)
         if music:
             if os.path.isdir(music):
                 music_out = os.path.join(workdir, "labels-music")
-                mus = label_catalog(music, music_out, model_dir=models[best], overwrite=True, log=lambda _m: None)
+                mus = label_catalog(LabelConfig(music, music_out, model_dir=models[best], overwrite=True),
+                                    log=lambda _m: None)
                 results["label_music"] = _label_summary(mus, music_out)
                 paper, origin = paper_model_dir(workdir, weights_dirs=weights_dirs)
                 if paper is None:
@@ -259,7 +262,8 @@ def run_demo(
                 else:
                     log(f"      and with the paper's GTZAN model ({PAPER_MODEL}, from {origin})")
                     paper_out = os.path.join(workdir, "labels-music-paper")
-                    pap = label_catalog(music, paper_out, model_dir=paper, overwrite=True, log=lambda _m: None)
+                    pap = label_catalog(LabelConfig(music, paper_out, model_dir=paper, overwrite=True),
+                                        log=lambda _m: None)
                     results["label_music_paper"] = dict(_label_summary(pap, paper_out), model=paper)
             else:
                 log(f"      (no folder {music}: skipping real music)")

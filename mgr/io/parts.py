@@ -17,7 +17,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from mgr.io import storage
+from mgr.io.location import Location
 from mgr.errors import StorageError
 
 __all__ = ["part_name", "write_part", "list_parts", "TMP_PREFIX"]
@@ -31,16 +31,18 @@ def part_name(uris: Sequence[str], *, prefix: str = "part") -> str:
     return f"{prefix}-{digest}.parquet"
 
 
-def write_part(table: pa.Table, output: str, *, endpoint_url: str | None = None, prefix: str = "part",
+def write_part(table: pa.Table, output: Location | str, *, endpoint_url: str | None = None, prefix: str = "part",
                compression: str = "zstd") -> str:
-    """Write ``table`` as one Parquet part file of ``output``; returns its path."""
+    """Write ``table`` as one Parquet part file of ``output`` (a Location, or a uri with its
+    endpoint); returns its path."""
     import pyarrow.parquet as pq
 
+    loc = Location.of(output, endpoint_url=endpoint_url)
     name = part_name(table.column("uri").to_pylist(), prefix=prefix)
-    fs, base = storage.filesystem(output, endpoint_url=endpoint_url)
+    fs, base = loc.fs, loc.path
     final = base.rstrip("/") + "/" + name
     try:
-        if storage.is_remote(output):
+        if loc.is_remote:
             with fs.open(final, "wb") as fh:
                 pq.write_table(table, fh, compression=compression)
         else:
@@ -49,12 +51,13 @@ def write_part(table: pa.Table, output: str, *, endpoint_url: str | None = None,
             pq.write_table(table, tmp, compression=compression)
             os.replace(tmp, final)
     except OSError as exc:
-        raise StorageError(f"cannot write to {output}: {exc}") from None
+        raise StorageError(f"cannot write to {loc.uri}: {exc}", retryable=not isinstance(exc, PermissionError)) from None
     return final
 
 
-def list_parts(fs, path: str) -> tuple[list[str], list[str]]:
-    """``(Parquet data files, leftover temporary files)`` under ``path`` (a fresh listing)."""
+def list_parts(output: Location) -> tuple[list[str], list[str]]:
+    """``(Parquet data files, leftover temporary files)`` under ``output`` (a fresh listing)."""
+    fs, path = output.fs, output.path
     fs.invalidate_cache(path)  # other processes write here: never trust a cached listing
     if not fs.exists(path):
         return [], []

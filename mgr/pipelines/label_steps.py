@@ -15,12 +15,17 @@ import pyarrow as pa
 
 from mgr.config import FeatureConfig
 from mgr.errors import MgrError, StorageError
+from mgr.inference.calibration import apply_temperature
+from mgr.io.location import Location
 from mgr.audio.features import log_mel
 from mgr.inference.windows import cut_windows, spread_starts, window_starts
 from mgr.inference.predict import window_distributions
 from mgr.datasets.labelset import RETRYABLE_PREFIX, error_result, segment_times, to_table, track_result
 
-__all__ = ["MEL_SCHEMA", "featurize", "Predictor", "check_model"]
+__all__ = ["MEL_SCHEMA", "RETRY_COLUMN", "featurize", "Predictor", "check_model"]
+
+#: the work's flag of a row labeled again by ``--retry-errors`` (rides along to the writer)
+RETRY_COLUMN = "retry"
 
 #: what a featurize task hands to the predictor: raw float32 log-mel, band-major bytes
 MEL_SCHEMA = pa.schema(
@@ -74,17 +79,18 @@ def featurize(batch: pa.Table, *, feature_config: dict, max_seconds: float | Non
                 row.update(_whole(uri, cfg=cfg, max_seconds=max_seconds, endpoint_url=endpoint_url))
         except (StorageError, OSError) as exc:  # S3/network/file-system: may pass on a retry
             row["error"] = RETRYABLE_PREFIX + str(exc)
-        except MgrError as exc:
-            row["error"] = (RETRYABLE_PREFIX if str(exc).startswith("cannot read file") else "") + str(exc)
+        except MgrError as exc:  # a file that could not be read (not a bad one) may pass on a retry
+            row["error"] = (RETRYABLE_PREFIX if getattr(exc, "retryable", False) else "") + str(exc)
         except MemoryError:
             row["error"] = "out of memory while decoding (lower --max-seconds or give workers more memory)"
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the job
             row["error"] = f"unexpected {type(exc).__name__}: {exc}"
         rows.append(row)
     out = pa.Table.from_pylist(rows, schema=MEL_SCHEMA)
-    for name in batch.column_names:  # manifest columns ride along
+    for name in batch.column_names:  # manifest columns (and the retry flag) ride along
         if name not in MEL_SCHEMA.names:
-            out = out.append_column(name, batch.column(name).cast(pa.string()))
+            col = batch.column(name)
+            out = out.append_column(name, col if name == RETRY_COLUMN else col.cast(pa.string()))
     return out
 
 
@@ -102,12 +108,13 @@ def _whole(uri: str, *, cfg: FeatureConfig, max_seconds: float | None, endpoint_
 
 def _opener(uri: str, endpoint_url: str | None):
     """A callable giving a fresh seekable source for ``uri`` (path, or remote file object)."""
-    from mgr.io import storage
+    from mgr.io.location import local_path
 
-    if not storage.is_remote(uri):
-        path = storage.local_path(uri)  # percent-encoded non-UTF-8 names mapped back
+    loc = Location(uri, endpoint_url=endpoint_url)
+    if not loc.is_remote:
+        path = local_path(uri)  # percent-encoded non-UTF-8 names mapped back
         return lambda: path
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    fs, path = loc.fs, loc.path
     return lambda: fs.open(path, "rb")
 
 
@@ -261,9 +268,14 @@ class Predictor:
                 n = len(starts)
                 times = segment_times(starts, width=self.width, n_frames=row["n_frames"], frame_s=self.frame_s,
                                       duration_s=row["duration_s"])
-                rec.update(track_result(probs[at: at + n], times=times, genres=self.loaded.genres,
-                                        top_k=self.top_k, steps=None if steps is None else steps[at: at + n],
-                                        min_confidence=self.min_confidence))
+                wp = probs[at: at + n]
+                track = apply_temperature(wp.mean(axis=0, dtype=np.float64), self.loaded.temperature)
+                rec.update(track_result(wp, times=times, genres=self.loaded.genres, top_k=self.top_k,
+                                        steps=None if steps is None else steps[at: at + n],
+                                        min_confidence=self.min_confidence, track_probs=track))
                 at += n
             out.append(rec)
-        return to_table(out, self.schema)
+        table = to_table(out, self.schema)
+        if RETRY_COLUMN in batch.column_names:
+            table = table.append_column(RETRY_COLUMN, batch.column(RETRY_COLUMN))
+        return table
