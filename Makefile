@@ -9,7 +9,7 @@ TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13*cpu*.whl))
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO ?= 0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ demo: install
 	$(VENV)/bin/mgr demo --workdir demo-run $(if $(MUSIC),--music $(MUSIC))
 
 test: install
+	@test -x /usr/bin/chromium || echo "note: no /usr/bin/chromium: the browser tests of the reports skip (make chromium installs it)"
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Debian's chromium renders the HTML reports in the tests (headless); apt, as root or with sudo
+chromium:
+	test -x /usr/bin/chromium || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends chromium; }
 
 # benchmarks print JSON lines; run them on a quiet machine
 bench: install
