@@ -182,6 +182,10 @@ def test_an_existing_path_wins_over_a_name(tmp_path, monkeypatch):
 
 
 def test_models_list_and_show(tmp_path, monkeypatch, capsys):
+    from mgr.models.modeldir import SPEC_FILE
+    from mgr.registry import cache
+
+    assert cache.SPEC_FILE == SPEC_FILE  # the cache's own copy of the name (it does not import torch)
     monkeypatch.setenv("MGR_HOME", str(tmp_path / "home"))
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out

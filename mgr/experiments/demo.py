@@ -140,7 +140,7 @@ def paper_model_dir(workdir: str, *, weights_dirs=()) -> tuple[str | None, str]:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(weights, "rb") as fh:
             build_model_dir(entry(PAPER_MODEL), fh.read(), out, source=str(weights))
-    return out, f"{weights} (sha256 verified)"
+    return out, f"{weights}, sha256 verified"
 
 
 def timeline_png(path: str, timeline: dict[str, Any], *, title: str, sections: list[str] | None = None,

@@ -12,12 +12,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from mgr.models.modeldir import SPEC_FILE
 from mgr.registry.catalog import CATALOG, RegistryError, entry
 
 __all__ = ["DEFAULT_HOME", "cache_root", "cached_dir", "is_cached", "resolve_model", "sha256_file", "find_local_weights"]
 
 DEFAULT_HOME = "~/.cache/mgr/models"
+#: mgr.models.modeldir.SPEC_FILE (not imported here: mgr.models loads torch, and `mgr models list` need not)
+SPEC_FILE = "model.json"
 
 
 def cache_root() -> Path:

@@ -23,7 +23,6 @@ from typing import Callable
 
 from mgr import __version__
 from mgr.errors import MgrError
-from mgr.models.modeldir import now_iso
 from mgr.registry.cache import cache_root, cached_dir, is_cached
 from mgr.registry.catalog import ModelEntry, RegistryError, entry
 
@@ -114,7 +113,7 @@ def build_model_dir(ent: ModelEntry, data: bytes, out: str | os.PathLike, *, sou
     """
     from mgr.interop.keras.importer import import_keras
 
-    from mgr.models.modeldir import SPEC_FILE, write_json
+    from mgr.models.modeldir import SPEC_FILE, now_iso, write_json
 
     out = Path(out)
     file_name = posixpath.basename(ent.source_url)
