@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "verbose", False):
+        os.environ["MGR_VERBOSE"] = "1"  # read by mgr.pipelines.runtime when it starts Ray
     if getattr(args, "s3_retries", None) is not None:
         if args.s3_retries < 1:
             print(f"mgr {args.command}: error: --s3-retries must be at least 1", file=sys.stderr)
@@ -32,14 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except KeyboardInterrupt:
         print("mgr: interrupted; re-run the same command to resume", file=sys.stderr)
+        _say_where_ray_logs_are()
         return 130
     except Exception as exc:  # noqa: BLE001 - user errors become one line
         err = user_error(exc)
         if err is None or os.environ.get("MGR_DEBUG"):
             raise
         print(f"mgr {args.command}: error: {err}", file=sys.stderr)
+        _say_where_ray_logs_are()
         return 2
+    _say_where_ray_logs_are()
     return int(result or 0)
+
+
+def _say_where_ray_logs_are() -> None:
+    """One line (stderr) saying where Ray's own logs went, when this run started a quiet Ray."""
+    runtime = sys.modules.get("mgr.pipelines.runtime")  # never imported (nor Ray) just for this line
+    logs = runtime.session_logs() if runtime is not None else None
+    if logs:
+        print(f"mgr: Ray's own logs of this run: {logs} (mgr --verbose shows them on the console)",
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -251,3 +251,35 @@ def test_a_model_report_says_when_metrics_lack_the_validation_loss(tmp_path):
     model = _model_dir_with_reports(tmp_path / "model", val_loss=False)
     write_model_report(model)
     assert "has no val_loss" in open(os.path.join(model, "report.html"), encoding="utf-8").read()
+
+
+@pytest.mark.timeout(600)
+def test_every_finished_mgr_label_run_writes_its_report(ray_local, tmp_path, capsys):
+    import torch
+
+    from mgr.audio.features import pad_value
+    from mgr.config import PRESETS
+    from mgr.models import build_model
+    from mgr.models.modeldir import save_model_dir
+    from tests.audiogen import music_like, write_audio
+
+    cfg = PRESETS["paper"]
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    save_model_dir(str(model), model=build_model("cnn", n_classes=3, n_mels=cfg.n_mels), spec={
+        "name": "report-cnn", "architecture": "cnn", "model_config": {"n_classes": 3, "n_mels": cfg.n_mels},
+        "feature_config": cfg.to_dict(), "genres": GENRES, "window_frames": cfg.clip_frames,
+        "pad_value": pad_value(cfg), "normalization": None, "metrics": {}, "provenance": {"test": True}})
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    for i, style in enumerate(("drone", "techno", "chime")):
+        write_audio(str(catalog / f"{style}.wav"), music_like(style, 6.0, seed=i))
+    (catalog / "broken.mp3").write_text("not audio\n" * 10)
+    out = tmp_path / "labels"
+    assert cli_main(["label", str(catalog), str(out), "--model", str(model), "--min-confidence", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / '_report' / 'index.html'}" in printed
+    doc, review = _check_report_folder(str(out / "_report"), n_review=3)
+    assert "not decodable audio" in doc or "Errors" in doc
+    assert {r["genre"] for r in review} == {"unknown"}  # an untrained 3-genre model is never 90 % sure
+    assert pq.read_table(str(out)).num_rows == 4

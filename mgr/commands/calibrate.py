@@ -128,3 +128,43 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {row['threshold']:>14.2f}  {100 * row['coverage']:5.1f} %  {acc}")
     print(f"report: {res['output'].rstrip('/')}/report.html")
     return 0
+
+
+def min_confidence_for(model: str, target: float, *, endpoint_url: str | None = None) -> float:
+    """The ``--min-confidence`` that ``--target-accuracy target`` means for ``model``.
+
+    The lowest threshold of the model's accuracy-vs-coverage table (report.json
+    ``calibration.coverage``, measured at the model's temperature) whose kept tracks reach
+    ``target`` accuracy; a line on stderr says what it keeps.
+
+    Raises
+    ------
+    ConfigError
+        The model has no table (never calibrated), or no threshold reaches ``target``.
+    """
+    import sys
+
+    from mgr.errors import ConfigError
+    from mgr.inference.calibration import threshold_for_accuracy
+    from mgr.io.location import Location
+    from mgr.registry import resolve_model
+
+    loc = Location.of(resolve_model(model), endpoint_url=endpoint_url)
+    rep = loc.join("report.json")
+    cal = (rep.read_json() if rep.exists() else {}).get("calibration") or {}
+    table = cal.get("coverage")
+    if not table:
+        raise ConfigError(f"--target-accuracy needs the model's accuracy-vs-coverage table, and {loc.uri} has none "
+                          "(report.json `calibration`): run `mgr calibrate MODEL FEATURES NEW_MODEL` and label with "
+                          "NEW_MODEL, or choose --min-confidence yourself")
+    threshold = threshold_for_accuracy(table, float(target))
+    if threshold is None:
+        best = max((r for r in table if r.get("accuracy") is not None), key=lambda r: r["accuracy"], default=None)
+        extra = f" (the best is {best['accuracy']:.3f} above {best['threshold']:g})" if best else ""
+        raise ConfigError(f"no confidence threshold reaches accuracy {target} on the {cal.get('split', 'test')} split "
+                          f"of {loc.uri}{extra}: lower --target-accuracy")
+    row = next(r for r in table if r["threshold"] == threshold)
+    print(f"mgr: --target-accuracy {target}: --min-confidence {threshold:g} (on the {cal.get('split', 'test')} split "
+          f"it keeps {100 * row['coverage']:.1f} % of the tracks, {100 * row['accuracy']:.1f} % of them right)",
+          file=sys.stderr)
+    return threshold

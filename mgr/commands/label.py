@@ -49,7 +49,12 @@ def register(sub) -> None:
     p.add_argument("--max-windows", type=int, default=None, metavar="N",
                    help="label at most N windows per track, spread evenly; only their excerpts are decoded")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help="tracks whose top probability is below P get genre 'unknown' (top_genres kept)")
+                   help="tracks whose (calibrated) top probability is below P get genre 'unknown' (top_genres "
+                   "kept); choose P from the accuracy-vs-coverage table of the model's report.html "
+                   "(report.json calibration.coverage; `mgr calibrate` makes one for any model)")
+    p.add_argument("--target-accuracy", type=float, default=None, metavar="A",
+                   help="set --min-confidence to the lowest threshold whose kept tracks reach accuracy A "
+                   "in the model's accuracy-vs-coverage table")
     p.add_argument("--retry-errors", action="store_true",
                    help="label again the files whose error was a storage/network one ('storage: ...')")
     p.add_argument("--overwrite", action="store_true", help="clear OUTPUT (even another model's labels) and relabel")
@@ -64,6 +69,7 @@ def register(sub) -> None:
 
 def config(args: argparse.Namespace):
     """The :class:`~mgr.pipelines.catalog_config.LabelConfig` of the command line."""
+    from mgr.commands.calibrate import min_confidence_for
     from mgr.pipelines.catalog_config import LabelConfig
     from mgr.registry import resolve_model
 
@@ -80,7 +86,8 @@ def config(args: argparse.Namespace):
         cpus_per_actor=args.cpus_per_actor,
         per_step=args.per_step,
         max_windows=args.max_windows,
-        min_confidence=args.min_confidence,
+        min_confidence=args.min_confidence if args.target_accuracy is None else
+        min_confidence_for(args.model, args.target_accuracy, endpoint_url=args.endpoint_url),
         retry_errors=args.retry_errors,
         overwrite=args.overwrite,
         max_seconds=args.max_seconds,
@@ -129,4 +136,6 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {genre:<{width}} {n:>7} {'#' * max(1, round(30 * n / total))}")
     lines.append(f"{s['output']}: {c['files']} file(s) labeled of {c['catalog_files']} in the catalog, "
                  f"{c['errors']} error row(s)" + ("" if s["complete"] else f", {c['missing']} missing"))
+    if s.get("report"):
+        lines.append(f"report: {s['report']} (review.csv beside it: the least confident tracks)")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from mgr.errors import ConfigError, JobError, LabelSourceError, StorageError
 from mgr.inference.predict import window_geometry
 from mgr.pipelines.catalog import audio_rows, error_kind
 from mgr.pipelines.catalog_config import LabelConfig, parse_actors
-from mgr.pipelines.output import DatasetOutput, Listing, Manifest, Plan, alive_cpus, no_restarts, totals_row
+from mgr.pipelines.output import DatasetOutput, Listing, Manifest, Plan, alive_cpus, map_batches, no_restarts, totals_row
 from mgr.pipelines.progress import Progress
 
 __all__ = ["label_catalog", "label_totals", "parse_actors", "LabelConfig"]
@@ -207,14 +207,14 @@ def _dataset(plan: Plan, cfg: LabelConfig, loaded, schema: pa.Schema, width: int
             def __call__(self, batch: pa.Table) -> pa.Table:
                 return _write_block(self.predict(featurize(batch, **feat_kwargs)), output=output, schema=schema)
 
-        return ds.map_batches(_Labeler, batch_size=math.ceil(plan.todo / n_blocks), batch_format="pyarrow",
-                              num_cpus=1, ray_remote_args_fn=no_restarts,
+        return map_batches(ds, _Labeler, batch_size=math.ceil(plan.todo / n_blocks), batch_format="pyarrow",
+                              num_cpus=1, **no_restarts(),
                               compute=ray.data.ActorPoolStrategy(size=min(cpus, n_blocks),
                                                                  max_tasks_in_flight_per_actor=2))
     ds = ds.map_batches(featurize, batch_size=cfg.files_per_task, batch_format="pyarrow", num_cpus=1,
                         fn_kwargs=feat_kwargs)
-    ds = ds.map_batches(Predictor, batch_size=cfg.files_per_task, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(min_size=amin, max_size=amax), ray_remote_args_fn=no_restarts,
+    ds = map_batches(ds, Predictor, batch_size=cfg.files_per_task, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(min_size=amin, max_size=amax), **no_restarts(),
                         num_cpus=cpa, num_gpus=cfg.gpus_per_actor or None, fn_constructor_kwargs=pred_kwargs)
     return ds.map_batches(_write_block, batch_size=cfg.rows_per_file, batch_format="pyarrow", num_cpus=0.25,
                           fn_kwargs={"output": cfg.output, "schema": schema})
@@ -278,4 +278,4 @@ def _write_report(cfg: LabelConfig, summary: dict) -> None:  # noqa: ARG001 - th
         from mgr.pipelines.report import write_labels_report
     except ImportError:
         return
-    write_labels_report(cfg.output)
+    summary["report"] = write_labels_report(cfg.output)["index"]

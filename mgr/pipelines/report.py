@@ -4,9 +4,9 @@ Each block of the labels dataset is reduced to a small aggregate
 (:func:`mgr.reporting.labels_report.block_aggregate`: counts, hours, fixed-size
 confidence histograms, a few error examples, the block's N least confident tracks) and the
 driver merges those as they arrive, so it holds a few kilobytes whether OUTPUT has ten rows
-or ten million. On a running Ray (or an OUTPUT of many part files) the pass is a Ray Data
-``map_batches`` over the part files; a small OUTPUT with no Ray running is read part by
-part in this process (same aggregate, no Ray start-up for ten tracks).
+or ten million. On an OUTPUT of many part files the pass is a Ray Data ``map_batches``
+over the part files (on the running Ray, or a local one); a small OUTPUT is read part by
+part in this process (same aggregate, no Ray start-up or dataset planning for ten tracks).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def labels_aggregate(labels: Location | str, *, top_n: int = REVIEW_ROWS, endpoi
     top_n : int
         Least confident tracks to keep.
     use_ray : bool, optional
-        Force the Ray Data pass (True) or the in-process one (False); default: Ray when it
-        runs already or the dataset has more than :data:`LOCAL_PARTS` part files.
+        Force the Ray Data pass (True) or the in-process one (False); default: Ray when the
+        dataset has more than :data:`LOCAL_PARTS` part files (starting a local Ray, or using
+        the running one).
 
     Raises
     ------
@@ -63,10 +64,7 @@ def labels_aggregate(labels: Location | str, *, top_n: int = REVIEW_ROWS, endpoi
         raise StorageError(f"{loc.uri} holds no labels (no part-*.parquet); is it the OUTPUT of mgr label?",
                            retryable=False)
     if use_ray is None:
-        import sys
-
-        ray = sys.modules.get("ray")
-        use_ray = bool(ray is not None and ray.is_initialized()) or len(parts) > LOCAL_PARTS
+        use_ray = len(parts) > LOCAL_PARTS
     if not use_ray:
         return _aggregate_here(loc, parts, top_n=top_n)
     from mgr.pipelines.runtime import ray_session

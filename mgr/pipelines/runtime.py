@@ -2,6 +2,25 @@
 
 Worker processes do their own numeric work (decode, STFT, matrix products): BLAS/OpenMP
 threads are pinned to one per process so two processes on two cores do not oversubscribe.
+
+The console shows mgr's lines, not Ray's (unless ``--verbose`` / ``MGR_VERBOSE=1``):
+
+- worker output reaches the driver through Ray's log monitor (``log_to_driver``); mgr keeps
+  the workers' *stdout* — where mgr's own worker code prints, e.g. the training epoch lines
+  of :func:`mgr.pipelines.train_loop.say` — and leaves their *stderr* (every Ray logger,
+  Python warnings, C++ logs of Ray's actors, among them Ray Train's PlacementGroupCleaner)
+  in the session folder's ``worker-*.err`` files, where Ray writes it anyway;
+- Ray Data logs go to ``ray-data.log`` in the session folder only (its console handler
+  is raised to ERROR through ``RAY_DATA_LOGGING_CONFIG`` and on the driver's handler), and
+  its progress bars are off (mgr prints its own progress);
+- the driver's ``ray`` logger prints errors only.
+
+Why not the State API: Ray Train V2 always starts a detached ``PlacementGroupCleaner`` that
+polls the controller's state through the State API once a second and logs a warning each
+time it fails. That API is served by the full dashboard, which the embedded Ray starts
+without (``include_dashboard=False``: a 143 MB stub; with it ~1 GB more and 1–3 s more to
+start on this 2-core machine), and Ray 2.60 has no setting to skip the cleaner. The cleaner
+only matters when a controller dies while its Ray lives on; an embedded Ray ends with mgr.
 """
 
 from __future__ import annotations
@@ -9,11 +28,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from typing import Iterator
 
 from mgr.errors import JobError
 
-__all__ = ["WORKER_ENV", "ray_session", "worker_env"]
+__all__ = ["WORKER_ENV", "ray_session", "worker_env", "verbose", "session_logs", "quiet_ray_console"]
 
 WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -34,6 +54,98 @@ def worker_env(*, endpoint_url: str | None = None) -> dict[str, str]:
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
     return env
+
+
+#: the Ray Data logging config of a quiet run: Ray's default, its console handler at ERROR
+_RAY_DATA_QUIET = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}},
+    "filters": {"console_filter": {"()": "ray.data._internal.logging.HiddenRecordFilter"}},
+    "handlers": {
+        "file": {"class": "ray.data._internal.logging.SessionFileHandler", "formatter": "ray",
+                 "filename": "ray-data.log"},
+        "console": {"class": "ray._private.log.PlainRayHandler", "formatter": "ray", "level": "ERROR",
+                    "filters": ["console_filter"]},
+    },
+    "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}},
+}
+
+_state: dict = {"logs": None}
+
+
+def verbose() -> bool:
+    """Whether Ray's own console output is wanted (``--verbose`` sets ``MGR_VERBOSE=1``)."""
+    return os.environ.get("MGR_VERBOSE", "").lower() in ("1", "true", "yes")
+
+
+def session_logs() -> str | None:
+    """The log folder of the last Ray session this process started or joined (None: none yet)."""
+    return _state["logs"]
+
+
+def _ray_data_quiet_config() -> str:
+    """Path of a Ray Data logging config file for quiet runs (written once per user)."""
+    import json
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"mgr-ray-data-logging-{os.getuid()}.yaml")
+    text = json.dumps(_RAY_DATA_QUIET, indent=1)  # JSON is YAML
+    try:
+        with open(path) as fh:
+            if fh.read() == text:
+                return path
+    except OSError:
+        pass
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def quiet_ray_console() -> None:
+    """Keep Ray's own output off this driver's console (see the module docstring).
+
+    Called after ``ray.init``; leaves worker stdout (mgr's worker lines) on the console.
+    """
+    import ray
+    import ray.data  # configures its logging from RAY_DATA_LOGGING_CONFIG on first import
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    # Python warnings Ray raises in this process (deprecations of its own API, hints about
+    # its operators' concurrency) are for whoever develops mgr: MGR_VERBOSE=1 shows them
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+    try:
+        from ray.util.annotations import RayDeprecationWarning
+
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+    except ImportError:
+        pass
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # mgr prints its own progress
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray: leave its console as it is
+        return
+    printer = next((h for name, h in dispatcher.handlers if name == "ray_print_logs"), None)
+    if printer is None:
+        return
+
+    def stdout_only(batch: dict) -> None:
+        if not batch.get("is_err"):
+            printer(batch)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", stdout_only)
+    node = getattr(ray_worker, "_global_node", None)
+    try:
+        _state["logs"] = node.get_logs_dir_path() if node is not None else None
+    except AttributeError:
+        _state["logs"] = None
 
 
 @contextlib.contextmanager
@@ -59,12 +171,15 @@ def ray_session(
         return
     env = worker_env(endpoint_url=endpoint_url)
     joining = bool(address or os.environ.get("RAY_ADDRESS"))
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    quiet = not verbose()
+    kwargs: dict = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
     if joining:
         if not os.environ.get("RAY_JOB_ID") and not os.environ.get("RAY_ADDRESS"):
             kwargs["runtime_env"] = {"env_vars": env}
         kwargs["address"] = address
     else:
+        if quiet:  # before ray.init: the embedded Ray's workers inherit this environment
+            env["RAY_DATA_LOGGING_CONFIG"] = _ray_data_quiet_config()
         for key, value in env.items():
             os.environ.setdefault(key, value)
         # no usage reporting from an embedded Ray (it also saves a helper actor's start-up)
@@ -77,6 +192,8 @@ def ray_session(
     except (ConnectionError, RuntimeError, ValueError) as exc:
         target = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise JobError(f"cannot start or reach Ray at {target}: {str(exc).splitlines()[0]}") from None
+    if quiet:
+        quiet_ray_console()
     try:
         yield
     finally:
