@@ -28,7 +28,7 @@ from mgr.io.location import AUDIO_EXTENSIONS
 from mgr.io.parts import write_part
 from mgr.pipelines.catalog import counter, error_kind
 from mgr.pipelines.catalog_config import ExtractConfig
-from mgr.pipelines.output import DatasetOutput, Listing, Plan, Tables, alive_cpus, no_restarts, totals_row
+from mgr.pipelines.output import DatasetOutput, Listing, Plan, Tables, alive_cpus, map_batches, no_restarts, totals_row
 from mgr.pipelines.progress import Progress
 
 __all__ = ["extract", "error_kind", "ExtractConfig"]
@@ -185,12 +185,13 @@ def _dataset(plan: Plan, cfg: ExtractConfig, fc):
     ds = ray.data.from_arrow_refs(plan.todo_refs)
     # Decoding runs in a pool of actors, one per CPU: each imports its libraries once and
     # always has its next block queued, so no CPU waits between blocks.
-    return ds.map_batches(
+    return map_batches(
+        ds,
         _extractor_class(fc, cfg.max_seconds, cfg.endpoint_url, cfg.output),
         batch_size=math.ceil(plan.todo / n_blocks),
         batch_format="pyarrow",
         num_cpus=1,
-        ray_remote_args_fn=no_restarts,
+        **no_restarts(),
         # a fixed size: Ray Data 2.60 may cancel a still-starting actor when a pool shrinks
         compute=ray.data.ActorPoolStrategy(size=min(cpus, n_blocks), max_tasks_in_flight_per_actor=2),
     )

@@ -34,7 +34,7 @@ from mgr.io.location import Location
 from mgr.io.parts import TMP_PREFIX
 from mgr.pipelines.catalog import merge_summary
 
-__all__ = ["Listing", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "alive_cpus", "MAX_REPLANS"]
+__all__ = ["Listing", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "map_batches", "alive_cpus", "MAX_REPLANS"]
 
 #: how many times a run re-plans after losing a node before it gives up
 MAX_REPLANS = 3
@@ -85,13 +85,23 @@ def totals_row(totals: dict) -> pa.Table:
 
 
 def no_restarts() -> dict:
-    """Remote args of a pipeline's actors: never restarted (``ray_remote_args_fn``).
+    """Remote args of a pipeline's actors: never restarted (passed to ``map_batches``).
 
     Ray Data restarts actors forever by default; an actor whose node is gone then waits
     for a node that never comes. Without restarts the run fails fast and
     :meth:`DatasetOutput.write` re-plans what is left on the nodes that remain.
     """
     return {"max_restarts": 0, "max_task_retries": 0}
+
+
+def map_batches(ds, fn, **kwargs):
+    """``ds.map_batches(fn, **kwargs)``; Ray 2.60 has no named parameter for ``max_restarts``
+    and warns that extra remote args are deprecated: that warning is not the user's business."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(fn, **kwargs)
 
 
 def _jsonable(value):
