@@ -1,0 +1,117 @@
+"""A quiet console: mgr's lines (steps, epochs, summary) and none of Ray's internals unless --verbose.
+
+Each test runs mgr in a subprocess with its own embedded Ray (the suite's shared Ray
+would bypass the console set-up of mgr.pipelines.runtime).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: what Ray's internals print when left alone (seen in `make demo` before mgr silenced them)
+RAY_INTERNALS = (
+    "(PlacementGroupCleaner",
+    "Failed to query Ray Train Controller actor state",
+    "Starting execution of Dataset",
+    "Execution plan of Dataset",
+    "execution finished in",
+    "Running Dataset",
+    "Progress bars disabled",
+    "Progress will be logged",
+    "Token authentication is enabled",
+    "RayDeprecationWarning",
+    "(DatasetManager",
+    "(SplitCoordinator",
+)
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    for key in ("RAY_ADDRESS", "MGR_VERBOSE", "RAY_DATA_LOGGING_CONFIG", "RAY_DATA_DISABLE_PROGRESS_BARS"):
+        env.pop(key, None)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def _run(args, *, env, timeout, cwd=ROOT) -> str:
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    return out
+
+
+def _internals(out: str) -> list[str]:
+    return [line for line in out.splitlines() if any(s in line for s in RAY_INTERNALS)]
+
+
+_SCRIPT = textwrap.dedent("""
+    import logging, sys, warnings
+    import ray
+    from mgr.pipelines.runtime import ray_session
+
+    @ray.remote
+    def work():
+        print("mgr-line: from a worker's stdout", flush=True)
+        logging.getLogger("ray.some.internal").warning("ray-internal: a worker's log line")
+        warnings.warn("ray-internal: a worker's warning", DeprecationWarning)
+        print("ray-internal: a worker's stderr", file=sys.stderr, flush=True)
+        return 1
+
+    with ray_session(num_cpus=1):
+        import ray.data
+        assert ray.get(work.remote()) == 1
+        assert ray.data.range(10).map_batches(lambda b: b).count() == 10
+        import time; time.sleep(2)  # the log monitor forwards lines about once a second
+    print("mgr-line: done", flush=True)
+""")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("verbose", [False, True])
+def test_worker_stdout_reaches_the_console_and_ray_internals_only_with_verbose(verbose):
+    env = _env(**({"MGR_VERBOSE": "1"} if verbose else {}))
+    out = _run([sys.executable, "-c", _SCRIPT], env=env, timeout=240)
+    assert "mgr-line: from a worker's stdout" in out and "mgr-line: done" in out
+    if verbose:
+        assert "ray-internal: a worker's stderr" in out
+        assert "execution finished" in out or "Starting execution" in out  # Ray Data's banners are back
+    else:
+        assert "ray-internal" not in out, out
+        assert not _internals(out), _internals(out)
+
+
+@pytest.mark.timeout(900)
+def test_the_quick_demo_prints_mgr_lines_and_nothing_of_rays_internal_actors(tmp_path):
+    import soundfile as sf
+
+    from mgr.experiments.synth import clip
+
+    music, weights, home = tmp_path / "music", tmp_path / "no-weights", tmp_path / "mgr-home"
+    for d in (music, weights, home):
+        d.mkdir()
+    sf.write(music / "real.ogg", clip("jazz", 8.0, seed=5), 22050)
+    out = _run([sys.executable, "-m", "mgr.cli", "demo", "--workdir", str(tmp_path / "demo"), "--size", "quick",
+                "--music", str(music), "--weights", str(weights)],
+               env=_env(MGR_HOME=str(home)), timeout=840)
+    bad = _internals(out)
+    assert not bad, "Ray's internals on the console:\n" + "\n".join(bad[:20])
+    # mgr's own lines are all there: steps, the epoch lines of both trainings, the summary
+    for step in range(1, 7):
+        assert f"[{step}/6]" in out, step
+    epochs = re.findall(r"epoch (\d+)/(\d+)", out)
+    assert len(epochs) >= 4, out[-3000:]  # 2 epochs × cnn and crnn
+    assert "mgr demo — summary" in out
+    logs = re.search(r"Ray's own logs of this run: (\S+)", out)
+    assert logs and os.path.isdir(logs.group(1)), out[-2000:]
+    # and what left the console is in the session folder
+    err_files = [f for f in os.listdir(logs.group(1)) if f.endswith(".err")]
+    assert err_files
