@@ -131,6 +131,8 @@ def test_corrupted_download_is_refused_with_both_hashes_and_no_cache_entry(serve
     assert len(err.splitlines()) == 1 and "HTTP 404" in err and "--from FILE" in err
     assert main(["models", "pull", "paper-gtzan", "--from", str(tmp_path / "nope.h5")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["models", "pull", "paper-gtzan", "--from", str(served["root"])]) == 2
+    assert "is a folder" in capsys.readouterr().err
     assert not home.exists()
     assert main(["models", "pull", "no-such-model"]) == 2
     assert "paper-gtzan" in capsys.readouterr().err
@@ -146,7 +148,8 @@ def test_pull_from_a_local_file_and_force(served, tmp_path, monkeypatch, capsys)
     shutil.copyfile(served["root"] / "weights.h5", copy)
     assert main(["models", "pull", "paper-gtzan", "--from", str(copy)]) == 0
     first = (home / "paper-gtzan" / "model.pt").read_bytes()
-    assert json.loads((home / "paper-gtzan" / "model.json").read_text())["card"]["provenance"]["source_uri"] == str(copy)
+    card = json.loads((home / "paper-gtzan" / "model.json").read_text())["card"]
+    assert card["provenance"]["source_uri"] == str(copy)
     # a corrupted --force leaves the cached model as it was
     assert main(["models", "pull", "paper-gtzan", "--force", "--from", str(served["root"] / "corrupt.h5")]) == 2
     assert (home / "paper-gtzan" / "model.pt").read_bytes() == first and _entries(home) == ["paper-gtzan"]
@@ -220,7 +223,8 @@ def test_saved_model_dirs_carry_a_card_that_follows_their_metrics(tmp_path):
     from mgr.models.modeldir import model_card, read_spec, save_model_dir, write_json
 
     fcfg = PRESETS["paper"]
-    spec = {"name": "cnn-paper", "architecture": "cnn", "model_config": {"n_classes": 3, "n_mels": 128, "preset": "paper"},
+    spec = {"name": "cnn-paper", "architecture": "cnn",
+            "model_config": {"n_classes": 3, "n_mels": 128, "preset": "paper"},
             "feature_config": fcfg.to_dict(), "genres": ["a", "b", "c"], "window_frames": 647,
             "pad_value": pad_value(fcfg), "normalization": None, "metrics": {"best_val_accuracy": 0.5},
             "provenance": {"features": "s3://bucket/features"}}

@@ -99,10 +99,10 @@ def _pull(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from mgr.models.modeldir import model_card, read_spec
-    from mgr.registry import CATALOG, cached_dir, entry, resolve_model
+    from mgr.registry import CATALOG, entry, is_cached, resolve_model
 
     value = args.model
-    if "://" not in value and not os.path.exists(value) and value in CATALOG and not (cached_dir(value) / "model.json").is_file():
+    if "://" not in value and not os.path.exists(value) and value in CATALOG and not is_cached(value):
         ent = entry(value)  # known but not pulled: what the catalog says
         card, where = ent.card(), f"not in the cache (mgr models pull {value})"
     else:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mgr.registry.catalog import CATALOG, RegistryError, entry
 
-__all__ = ["DEFAULT_HOME", "cache_root", "cached_dir", "is_cached", "resolve_model", "sha256_file", "find_local_weights"]
+__all__ = ["DEFAULT_HOME", "cache_root", "cached_dir", "is_cached", "resolve_model", "sha256_file",
+           "find_local_weights"]
 
 DEFAULT_HOME = "~/.cache/mgr/models"
 #: mgr.models.modeldir.SPEC_FILE (not imported here: mgr.models loads torch, and `mgr models list` need not)

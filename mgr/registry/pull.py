@@ -79,7 +79,8 @@ def fetch(source: str, *, ent: ModelEntry, timeout: float = _TIMEOUT_S) -> bytes
     except FileNotFoundError:
         raise RegistryError(f"{path} does not exist (--from takes the downloaded file or its URL)") from None
     except IsADirectoryError:
-        raise RegistryError(f"{path} is a folder; --from takes the file itself ({ent.local_names[0] if ent.local_names else 'the weights file'})") from None
+        raise RegistryError(f"{path} is a folder; --from takes the file itself "
+                            f"({' or '.join(ent.local_names) or 'the weights file'})") from None
     except OSError as exc:
         raise RegistryError(f"cannot read {path}: {exc}") from None
 
