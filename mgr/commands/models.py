@@ -112,7 +112,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(card, sort_keys=True, default=str))
     else:
-        print(format_card(card, title=f"{value}: {where}"))
+        print(format_card(card, title=where if where == value else f"{value}: {where}"))
     return 0
 
 
@@ -131,7 +131,7 @@ def format_card(card: dict, *, title: str) -> str:
                 emit(val, indent + 1)
             else:
                 text = ", ".join(map(str, val)) if isinstance(val, list) else val
-                lines.append(f"{pad}{key}: {text}")
+                lines.append(f"{pad}{key}: {'(none)' if text is None else text}")
 
     for section in ("data", "metrics", "licence", "provenance"):
         val = card.get(section)
