@@ -283,3 +283,16 @@ def test_every_finished_mgr_label_run_writes_its_report(ray_local, tmp_path, cap
     assert "not decodable audio" in doc or "Errors" in doc
     assert {r["genre"] for r in review} == {"unknown"}  # an untrained 3-genre model is never 90 % sure
     assert pq.read_table(str(out)).num_rows == 4
+
+
+def test_an_aggregate_stays_small_however_many_kinds_of_error():
+    from mgr.reporting.labels_report import MAX_CLASSES
+
+    rows = [{"uri": f"/c/{i}.mp3", "track_id": str(i), "model_id": "m-1", "error": f"unexpected Error{chr(65 + i % 26)}"
+             f"{chr(65 + i // 26)}: details"} for i in range(200)]
+    table = labelset.to_table(rows, labelset.labels_schema(GENRES, model_id="m-1"))
+    agg = block_aggregate(table.slice(0, 100))
+    agg = merge_aggregates(agg, block_aggregate(table.slice(100)))
+    assert len(agg["error_classes"]) == MAX_CLASSES and "other" in agg["error_classes"]
+    assert sum(v["count"] for v in agg["error_classes"].values()) == 200
+    assert len(json.dumps(agg)) < 20_000

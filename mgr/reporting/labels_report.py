@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from mgr.reporting import html, plots
 
-__all__ = ["COLUMNS", "CONF_BINS", "EXAMPLES", "UNKNOWN", "REVIEW_COLUMNS", "error_class", "empty_aggregate",
+__all__ = ["COLUMNS", "CONF_BINS", "EXAMPLES", "MAX_CLASSES", "UNKNOWN", "REVIEW_COLUMNS", "error_class", "empty_aggregate",
            "block_aggregate", "merge_aggregates", "review_csv", "render_labels_report"]
 
 #: the labels columns the report reads (never ``probs``, ``segments`` or ``steps``)
@@ -30,6 +30,8 @@ COLUMNS = ("uri", "track_id", "genre", "confidence", "top_genres", "top_probs", 
 CONF_BINS = 20
 #: error examples kept per error class
 EXAMPLES = 3
+#: error classes kept (the rarest beyond these are counted under "other")
+MAX_CLASSES = 40
 #: ``genre`` of a track below ``--min-confidence`` (mgr.datasets.labelset.UNKNOWN)
 UNKNOWN = "unknown"
 REVIEW_COLUMNS = ("confidence", "uri", "track_id", "genre", "top_genres", "top_probs", "duration_s")
@@ -86,6 +88,7 @@ def block_aggregate(table: pa.Table, *, top_n: int = 100) -> dict[str, Any]:
         entry["count"] += 1
         if len(entry["examples"]) < EXAMPLES:
             entry["examples"].append([uri, message])
+    _cap_classes(agg["error_classes"])
     if ok.num_rows == 0:
         return agg
     dur = pc.fill_null(ok.column("duration_s"), 0.0)
@@ -108,6 +111,19 @@ def block_aggregate(table: pa.Table, *, top_n: int = 100) -> dict[str, Any]:
     return agg
 
 
+def _cap_classes(classes: dict) -> None:
+    """Fold the rarest error classes into ``other`` so that an aggregate stays small."""
+    if len(classes) <= MAX_CLASSES:
+        return
+    keep = sorted((c for c in classes if c != "other"), key=lambda c: -classes[c]["count"])[: MAX_CLASSES - 1]
+    other = classes.get("other", {"count": 0, "examples": []})
+    for c in [c for c in classes if c not in keep and c != "other"]:
+        other["count"] += classes[c]["count"]
+        other["examples"] = (other["examples"] + classes[c]["examples"])[:EXAMPLES]
+        del classes[c]
+    classes["other"] = other
+
+
 def merge_aggregates(a: dict[str, Any], b: dict[str, Any], *, top_n: int = 100) -> dict[str, Any]:
     """The aggregate of both sets of rows (``a`` may be changed and is returned)."""
     for key in ("rows", "ok", "errors", "unknown", "seconds"):
@@ -123,6 +139,7 @@ def merge_aggregates(a: dict[str, Any], b: dict[str, Any], *, top_n: int = 100) 
         mine = a["error_classes"].setdefault(cls, {"count": 0, "examples": []})
         mine["count"] += v["count"]
         mine["examples"] = (mine["examples"] + v["examples"])[:EXAMPLES]
+    _cap_classes(a["error_classes"])
     a["lowest"] = sorted(a["lowest"] + b["lowest"], key=lambda r: (r[0], r[1]))[: int(top_n)]
     return a
 
