@@ -51,7 +51,8 @@ def write_part(table: pa.Table, output: Location | str, *, endpoint_url: str | N
             pq.write_table(table, tmp, compression=compression)
             os.replace(tmp, final)
     except OSError as exc:
-        raise StorageError(f"cannot write to {loc.uri}: {exc}", retryable=not isinstance(exc, PermissionError)) from None
+        raise StorageError(f"cannot write to {loc.uri}: {exc}",
+                           retryable=not isinstance(exc, PermissionError)) from None
     return final
 
 

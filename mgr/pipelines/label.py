@@ -25,7 +25,8 @@ from mgr.errors import ConfigError, JobError, LabelSourceError, StorageError
 from mgr.inference.predict import window_geometry
 from mgr.pipelines.catalog import audio_rows, error_kind
 from mgr.pipelines.catalog_config import LabelConfig, parse_actors
-from mgr.pipelines.output import DatasetOutput, Listing, Manifest, Plan, alive_cpus, map_batches, no_restarts, totals_row
+from mgr.pipelines.output import (DatasetOutput, Listing, Manifest, Plan, alive_cpus, map_batches, no_restarts,
+                                  totals_row)
 from mgr.pipelines.progress import Progress
 
 __all__ = ["label_catalog", "label_totals", "parse_actors", "LabelConfig"]

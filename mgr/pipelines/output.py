@@ -29,12 +29,13 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from mgr.errors import JobError, MgrError, user_error, worker_cause
+from mgr.errors import JobError, MgrError, worker_cause
 from mgr.io.location import Location
 from mgr.io.parts import TMP_PREFIX
 from mgr.pipelines.catalog import merge_summary
 
-__all__ = ["Listing", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "map_batches", "alive_cpus", "MAX_REPLANS"]
+__all__ = ["Listing", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "map_batches",
+           "alive_cpus", "MAX_REPLANS"]
 
 #: how many times a run re-plans after losing a node before it gives up
 MAX_REPLANS = 3
@@ -127,10 +128,18 @@ def lost_node(exc: BaseException) -> bool:
 
 
 def _raise_user_error(exc: BaseException):
-    """Re-raise the MgrError a planning task or actor raised (Ray wraps it), else a JobError."""
-    err = user_error(exc)
-    if err is not None:
-        raise err from None
+    """Re-raise the MgrError a planning task or actor raised, else a JobError.
+
+    Ray hands back a wrapper that is an instance of the error's class too (its text a
+    remote traceback); the error itself is its ``cause``.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)
+        if isinstance(exc, MgrError) and not isinstance(inner, BaseException):
+            raise exc.with_traceback(None) from None
+        exc = inner if isinstance(inner, BaseException) else (exc.__cause__ or exc.__context__)
     raise JobError(f"planning failed: {worker_cause(exc)}") from None
 
 
@@ -190,8 +199,6 @@ class DatasetOutput:
 
         try:
             return ray.get(getattr(self._planner, method).remote(*args, **kwargs))
-        except MgrError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a task or actor error: name its cause
             _raise_user_error(exc)
 
@@ -238,7 +245,7 @@ class DatasetOutput:
         totals: dict[str, Any] = {}
         for attempt in range(MAX_REPLANS + 1):
             ds = make_dataset(plan)
-            failed = None
+            replan = False
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for text in batch.column("totals").to_pylist():
@@ -247,13 +254,13 @@ class DatasetOutput:
                         on_totals(block)
                 return totals
             except Exception as exc:  # noqa: BLE001 - a storage, model or cluster failure, not a file's
-                failed = exc if (lost_node(exc) and attempt < MAX_REPLANS) else None
+                replan = lost_node(exc) and attempt < MAX_REPLANS
                 message = f"{what} failed: {worker_cause(exc)}; re-run the command to resume"
             # The failed dataset's actors keep their CPUs until it is collected (the exception
             # chain would hold it): free them now, then re-plan or fail.
             del ds
             gc.collect()
-            if failed is None:
+            if not replan:
                 raise JobError(message)
             time.sleep(2.0)  # let the dead pipeline's last writers finish or die
             self._call("clean")
