@@ -189,7 +189,7 @@ def ray_session(
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. "node timed out during startup" is a bare Exception
         target = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise JobError(f"cannot start or reach Ray at {target}: {str(exc).splitlines()[0]}") from None
     if quiet:
