@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mgr.cli import main
+from mgr.io.location import Location
 from mgr.experiments.results import (build_results, mean_std, normal_halfwidth, pct, render_markdown, scaling_rows,
                          table_rows, wilson_interval)
 from tests.audiogen import genre_tree, music_like, write_audio
@@ -76,31 +77,6 @@ def test_markdown_shows_the_table_numbers_runs_and_throughput():
     assert scaling_rows([])[:] == []
 
 
-# ---------------------------------------------------------------- per-seed split copies
-
-def test_seed_features_copies_every_row_with_a_new_split(tmp_path):
-    from mgr.experiments.reproduce import seed_features
-
-    src = str(tmp_path / "feat")
-    write_features(src, n_genres=3, per_split={"train": 10, "val": 10, "test": 10}, n_mels=8, frames=20)
-    dst = str(tmp_path / "feat-seed1")
-    manifest = seed_features(src, dst, seed=1)
-    a = pq.read_table(src).sort_by("uri").to_pylist()
-    b = pq.read_table(dst).sort_by("uri").to_pylist()  # one read of the whole dataset
-    assert [r["uri"] for r in a] == [r["uri"] for r in b] and len(b) == 93
-    assert all(x["mel"] == y["mel"] and x["error"] == y["error"] for x, y in zip(a, b))
-    assert sum(x["split"] != y["split"] for x, y in zip(a, b)) > 20
-    ok = [r for r in b if not r["error"]]
-    counts = {s: sum(r["split"] == s for r in ok) for s in ("train", "val", "test")}
-    assert manifest["counts"]["by_split"] == counts and manifest["split"]["seed"] == 1
-    assert 40 < counts["train"] < 80 and counts["test"] > 0
-    before = os.path.getmtime(os.path.join(dst, "part-00000.parquet"))
-    assert seed_features(src, dst, seed=1) == manifest  # done: not copied again
-    assert os.path.getmtime(os.path.join(dst, "part-00000.parquet")) == before
-    other = seed_features(src, dst, seed=2)  # another seed replaces the copy
-    assert other["split"]["seed"] == 2 and len(pq.read_table(dst)) == 93
-
-
 # ---------------------------------------------------------------- per-step figures
 
 def test_step_figures_match_the_model_and_are_png(tmp_path):
@@ -160,7 +136,7 @@ def _check_results(out, results):
     assert on_disk["table"] == json.loads(json.dumps(results["table"]))
     md = open(os.path.join(out, "results.md")).read()
     for run in on_disk["runs"]:
-        again = evaluate(run["model_dir"], run["features"])
+        again = evaluate(run["model_dir"], run["features"], split_seed=run["split_seed"])
         assert again["accuracy"] == run["accuracy"] and again["n"] == run["n_test"]
         assert again["confusion"] == run["confusion"]
         if run["model"] == "crnn":
@@ -192,14 +168,19 @@ def test_reproduce_gtzan_two_seeds(ray_local, tmp_path):
     on_disk = _check_results(out, results)
     assert len(on_disk["runs"]) == 4 and len(on_disk["table"]) == 4
     assert on_disk["extraction"]["counts"]["ok"] == 24
-    # seed 1 trains on its own split of the same clips; seed 0's rule reproduces the extraction's split
-    s0 = {r["uri"]: r["split"] for r in read_table(out + "/features", columns=["uri", "split"]).to_pylist()}
-    s1 = {r["uri"]: r["split"] for r in read_table(out + "/features-seed1", columns=["uri", "split"]).to_pylist()}
+    # seed 1 trains on its own split of the same clips, computed on the fly: no copy of the features
+    from mgr.datasets.sources.split import SplitRule
+    from mgr.pipelines.train_data import read_split
+
+    s0 = {r["uri"]: r["split"] for r in read_table(out + "/features", columns=["uri", "split"]).to_pylist()
+          if r["split"]}
+    s1 = {r["uri"]: r["split"] for r in read_split(Location(out + "/features"), None, columns=["uri", "split"],
+                                                    rule=SplitRule(seed=1)).take_all()}
     assert set(s0) == set(s1) and s0 != s1
-    seed_features(out + "/features", str(tmp_path / "again0"), seed=0)
-    assert {r["uri"]: r["split"] for r in read_table(str(tmp_path / "again0"), columns=["uri", "split"])
-            .to_pylist()} == s0
-    assert {r["features"] for r in on_disk["runs"] if r["seed"] == 1} == {out + "/features-seed1"}
+    assert {r["uri"]: r["split"] for r in read_split(Location(out + "/features"), None, columns=["uri", "split"],
+                                                      rule=SplitRule(seed=0)).take_all()} == s0
+    assert [name for name in os.listdir(out) if name.startswith("features")] == ["features"]
+    assert {(r["features"], r["split_seed"]) for r in on_disk["runs"] if r["seed"] == 1} == {(out + "/features", 1)}
     # the paper's Figures 6-7: per crnn recipe, seed 0's test clips
     assert len(on_disk["figures"]) >= 2 and {os.path.basename(f).split("-seed")[0] for f in on_disk["figures"]} \
         == {"crnn-paper", "crnn-mgr"}

@@ -10,7 +10,9 @@ import pytest
 from mgr.cli import main
 from mgr.errors import ConfigError
 from mgr.datasets.featureset import MANIFEST_NAME
+from mgr.io.location import Location
 from mgr.models.modeldir import load_model_dir
+from mgr.pipelines.train_config import TrainJobConfig
 from tests.featgen import write_features
 
 SMALL = {"channels": 32, "hidden": 32}
@@ -29,7 +31,7 @@ def cnn_run(ray_local, features, tmp_path_factory):
     from mgr.pipelines.train import train
 
     out = str(tmp_path_factory.mktemp("cnn") / "model")
-    summary = train(features, out, model="cnn", epochs=10, **COMMON)
+    summary = train(TrainJobConfig(features, out, model="cnn", epochs=10, **COMMON))
     return out, summary
 
 
@@ -72,7 +74,7 @@ def test_rerun_resumes_from_the_latest_checkpoint(cnn_run, features):
 
     out, _ = cnn_run
     before = _history(out)
-    summary = train(features, out, model="cnn", epochs=12, **COMMON)
+    summary = train(TrainJobConfig(features, out, model="cnn", epochs=12, **COMMON))
     after = _history(out)
     assert summary["epochs_trained"] == 12
     assert after[:10] == before and [h["epoch"] for h in after[10:]] == [11, 12]
@@ -83,7 +85,7 @@ def test_mismatched_rerun_and_features_are_clear_errors(cnn_run, features, tmp_p
     from mgr.pipelines.train import train
 
     with pytest.raises(ConfigError, match="differs in"):
-        train(features, out, model="crnn", epochs=1, **COMMON)
+        train(TrainJobConfig(features, out, model="crnn", epochs=1, **COMMON))
     other = str(tmp_path / "other")
     write_features(other, n_genres=5)
     code = main(["evaluate", out, other])
@@ -106,8 +108,8 @@ def test_crnn_on_s3_survives_a_killed_worker(ray_local, features, tmp_path, s3_b
     _, bucket = s3_bucket
     out = f"s3://{bucket}/models/crnn"
     marker = str(tmp_path / "killed")
-    summary = train(features, out, model="crnn", epochs=10, endpoint_url=s3_endpoint,
-                    inject_failure={"epoch": 3, "rank": 1, "marker": marker}, **COMMON)
+    summary = train(TrainJobConfig(features, Location(out, endpoint_url=s3_endpoint), model="crnn", epochs=10,
+                                   inject_failure={"epoch": 3, "rank": 1, "marker": marker}, **COMMON))
     assert os.path.exists(marker)  # the worker did die at epoch 4
     assert summary["epochs_trained"] == 10 and summary["test_accuracy"] >= 0.9
     loaded = load_model_dir(out, endpoint_url=s3_endpoint)

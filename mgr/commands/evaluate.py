@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mgr.commands import add_storage_options
+from mgr.commands import add_ray_options, add_storage_options
 
 
 def register(sub) -> None:
@@ -23,7 +23,11 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="split to score (train, val or test)")
     p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: half a window)")
     p.add_argument("--gpu", action="store_true", help="run the model on the GPU when there is one")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="score the split the extraction's rule gives with this seed (as `mgr train --split-seed`)")
+    p.add_argument("--workers", type=int, default=2, help="scoring workers (Ray actors, a GPU each with --gpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object (with `accuracy`)")
+    add_ray_options(p)
     add_storage_options(p)
     p.set_defaults(func=run)
 

@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="crnn: time-weighted (w_t = t) or plain mean of the per-step distributions")
     p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without a better val accuracy")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="train on another split of the same features: the extraction's split rule with this "
+                   "seed, computed per row on the fly (no copy); default: the stored split")
     p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_ray_options(p)
@@ -46,12 +49,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from mgr.pipelines.train import train
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~mgr.pipelines.train_config.TrainJobConfig` of ``mgr train`` arguments."""
+    from mgr.io.location import Location
+    from mgr.pipelines.train_config import TrainJobConfig
 
-    summary = train(
-        args.features,
-        args.output,
+    return TrainJobConfig(
+        features=Location(args.features, endpoint_url=args.endpoint_url, retries=args.s3_retries),
+        output=Location(args.output, endpoint_url=args.endpoint_url, retries=args.s3_retries),
         model=args.model,
         preset=args.preset,
         workers=args.workers,
@@ -63,11 +68,17 @@ def run(args: argparse.Namespace) -> int:
         average=args.average,
         patience=args.patience,
         seed=args.seed,
+        split_seed=args.split_seed,
         max_failures=args.max_failures,
         address=args.address,
         num_cpus=args.num_cpus,
-        endpoint_url=args.endpoint_url,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mgr.pipelines.train import train
+
+    summary = train(config_from_args(args))
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "test"}
                          | {"test_accuracy": summary["test_accuracy"]}, sort_keys=True))

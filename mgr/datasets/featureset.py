@@ -16,8 +16,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from mgr.io import storage
 from mgr.errors import ConfigError, StorageError
+from mgr.io.location import Location
 
 __all__ = [
     "SCHEMA",
@@ -28,6 +28,8 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "to_arrays",
+    "decode_mels",
+    "feature_config",
 ]
 
 #: The dataset's metadata. The leading underscore matters: pyarrow's dataset discovery skips
@@ -61,8 +63,9 @@ def decode_mel(buf: bytes, n_mels: int, n_frames: int) -> np.ndarray:
     return np.frombuffer(buf, dtype="<f2").reshape(int(n_mels), int(n_frames))
 
 
-def _parquet_files(uri: str, *, endpoint_url: str | None) -> tuple[Any, list[str]]:
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+def _parquet_files(where: Location | str, *, endpoint_url: str | None) -> tuple[Any, list[str]]:
+    loc = Location.of(where, endpoint_url=endpoint_url)
+    uri, fs, path = loc.uri, loc.fs, loc.path
     try:
         if not fs.exists(path):
             raise StorageError(f"features dataset {uri} does not exist")
@@ -75,25 +78,28 @@ def _parquet_files(uri: str, *, endpoint_url: str | None) -> tuple[Any, list[str
 
 
 def read_table(
-    uri: str,
+    uri: Location | str,
     *,
     columns: Sequence[str] | None = None,
     splits: Iterable[str] | None = None,
     ok_only: bool = False,
+    track_ids: Iterable[str] | None = None,
     endpoint_url: str | None = None,
 ) -> pa.Table:
     """Read a features dataset (or a filtered part of it) into one Arrow table.
 
     Parameters
     ----------
-    uri : str
-        Folder (local or ``s3://``) written by ``mgr extract``.
+    uri : Location or str
+        Folder (local or ``s3://``) written by ``mgr extract`` (a str takes ``endpoint_url``).
     columns : sequence of str, optional
         Columns to read; all by default.
     splits : iterable of str, optional
         Keep only rows whose ``split`` is one of these.
     ok_only : bool
         Drop rows with an ``error``.
+    track_ids : iterable of str, optional
+        Keep only these tracks (a filter pushed down to the scan).
     """
     import pyarrow.dataset as ds
 
@@ -105,7 +111,21 @@ def read_table(
     if ok_only:
         ok = ds.field("error").is_null()
         expr = ok if expr is None else expr & ok
+    if track_ids is not None:
+        ids = ds.field("track_id").isin(list(track_ids))
+        expr = ids if expr is None else expr & ids
     return dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+
+
+def decode_mels(mel: Sequence, n_mels: Sequence[int], n_frames: Sequence[int]) -> list[np.ndarray]:
+    """Decode columns of ``mel`` bytes (Arrow arrays or sequences) into ``[n_mels, n_frames]`` float16 arrays."""
+    if isinstance(mel, (pa.Array, pa.ChunkedArray)):
+        mel = mel.to_pylist()
+    if isinstance(n_mels, (pa.Array, pa.ChunkedArray)):
+        n_mels = n_mels.to_pylist()
+    if isinstance(n_frames, (pa.Array, pa.ChunkedArray)):
+        n_frames = n_frames.to_pylist()
+    return [decode_mel(m, a, b) for m, a, b in zip(mel, n_mels, n_frames)]
 
 
 def to_arrays(table: pa.Table) -> list[np.ndarray]:
@@ -116,9 +136,10 @@ def to_arrays(table: pa.Table) -> list[np.ndarray]:
     return [decode_mel(m, a, b) for m, a, b in zip(mels, n_mels, n_frames)]
 
 
-def read_manifest(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any]:
-    """Load ``_features.json`` of a features dataset."""
-    fs, path = storage.filesystem(storage.join(uri, MANIFEST_NAME), endpoint_url=endpoint_url)
+def read_manifest(where: Location | str, *, endpoint_url: str | None = None) -> dict[str, Any]:
+    """Load ``_features.json`` of a features dataset (a Location, or a uri with its endpoint)."""
+    loc = Location.of(where, endpoint_url=endpoint_url)
+    uri, fs, path = loc.uri, loc.fs, loc.join(MANIFEST_NAME).path
     try:
         with fs.open(path, "r") as fh:
             return json.load(fh)
@@ -130,11 +151,10 @@ def read_manifest(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any
         raise StorageError(f"cannot read {MANIFEST_NAME} in {uri}: {exc}") from None
 
 
-def write_manifest(uri: str, manifest: dict[str, Any], *, endpoint_url: str | None = None) -> None:
+def write_manifest(where: Location | str, manifest: dict[str, Any], *, endpoint_url: str | None = None) -> None:
     """Write ``_features.json`` (written last: its presence marks a finished extraction)."""
-    fs, path = storage.filesystem(storage.join(uri, MANIFEST_NAME), endpoint_url=endpoint_url)
-    with fs.open(path, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
+    Location.of(where, endpoint_url=endpoint_url).join(MANIFEST_NAME).write_bytes(
+        json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 
 def feature_config(manifest: dict[str, Any]):

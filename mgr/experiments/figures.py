@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mgr.io import storage
 from mgr.errors import ModelError
+from mgr.io.location import Location
 from mgr.inference.predict import window_distributions
 from mgr.inference.windows import fit_frames
 
@@ -118,23 +118,30 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def write_step_figures(model_dir: str, features_uri: str, out_uri: str, *, n_clips: int = 4, split: str = "test",
-                       prefix: str = "crnn", endpoint_url: str | None = None) -> list[str]:
-    """Write one PNG per chosen clip of ``split`` under ``out_uri``; return their URIs."""
-    from mgr.datasets.featureset import read_table, to_arrays
-    from mgr.models.modeldir import write_bytes, load_model_dir
+def write_step_figures(model_dir: Location | str, features: Location | str, out: Location | str, *,
+                       n_clips: int = 4, split: str = "test", prefix: str = "crnn",
+                       endpoint_url: str | None = None) -> list[str]:
+    """Write one PNG per chosen clip of ``split`` under ``out``; return their URIs.
 
-    loaded = load_model_dir(model_dir, endpoint_url=endpoint_url)
-    table = read_table(features_uri, columns=["track_id", "label", "n_mels", "n_frames", "mel"], splits=[split],
-                       ok_only=True, endpoint_url=endpoint_url)
-    labels = table.column("label").to_pylist()
-    ids = table.column("track_id").to_pylist()
+    Only the chosen clips' mels are read (ids and labels first, then those rows).
+    """
+    from mgr.datasets.featureset import read_table, to_arrays
+    from mgr.models.modeldir import load_model_dir
+
+    model_dir, features, out = (Location.of(x, endpoint_url=endpoint_url) for x in (model_dir, features, out))
+    loaded = load_model_dir(model_dir)
+    index = read_table(features, columns=["track_id", "label"], splits=[split], ok_only=True)
+    labels = index.column("label").to_pylist()
+    ids = index.column("track_id").to_pylist()
     chosen = choose_clips(ids, labels, genres=loaded.genres, n=n_clips)
     if not chosen:
         return []
-    mels = to_arrays(table.take(chosen))
+    table = read_table(features, columns=["track_id", "n_mels", "n_frames", "mel"], splits=[split], ok_only=True,
+                       track_ids=[ids[i] for i in chosen])
+    by_id = dict(zip(table.column("track_id").to_pylist(), to_arrays(table)))
     written = []
-    for i, mel in zip(chosen, mels):
+    for i in chosen:
+        mel = by_id[ids[i]]
         probs, sps = clip_step_probs(loaded, mel)
         clip_pred = loaded.genres[int(running_weighted(probs)[-1].argmax())]
         fc = loaded.feature_config
@@ -142,7 +149,7 @@ def write_step_figures(model_dir: str, features_uri: str, out_uri: str, *, n_cli
                                     audio_seconds=mel.shape[1] * fc.hop_length / fc.sr,
                                     title=f"{prefix}: {ids[i]} (true {labels[i]}; "
                                           f"whole-clip weighted average: {clip_pred})")
-        uri = storage.join(out_uri, f"{_safe(prefix)}-{_safe(str(ids[i]))}.png")
-        write_bytes(uri, image, endpoint_url=endpoint_url)
-        written.append(uri)
+        where = out.join(f"{_safe(prefix)}-{_safe(str(ids[i]))}.png")
+        where.write_bytes(image)
+        written.append(where.uri)
     return written

@@ -58,7 +58,7 @@ RECIPE_NAMES = {"paper": "paper recipe", "mgr": "mgr defaults"}
 
 
 def run_record(*, seed: int, model: str, recipe: str, evaluation: dict, model_dir: str, features: str,
-               training: dict | None = None) -> dict[str, Any]:
+               training: dict | None = None, split_seed: int | None = None) -> dict[str, Any]:
     """One run's row of ``results.json`` from its test evaluation.
 
     Parameters
@@ -70,7 +70,9 @@ def run_record(*, seed: int, model: str, recipe: str, evaluation: dict, model_di
     evaluation : dict
         The :func:`mgr.pipelines.evaluate.evaluate` result on the test split.
     model_dir, features : str
-        Where the model and the features (with this seed's split) are.
+        Where the model and the features are.
+    split_seed : int, optional
+        The seed of the split rule the run trained and was tested with (None: the stored split).
     training : dict, optional
         The :func:`mgr.pipelines.train.train` summary (epochs, best epoch, seconds).
     """
@@ -81,6 +83,7 @@ def run_record(*, seed: int, model: str, recipe: str, evaluation: dict, model_di
         "recipe": recipe,
         "model_dir": model_dir,
         "features": features,
+        "split_seed": split_seed,
         "model_id": evaluation.get("model_id"),
         "n_test": int(evaluation["n"]),
         "accuracy": float(evaluation["accuracy"]),

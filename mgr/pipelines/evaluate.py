@@ -1,26 +1,40 @@
-"""Evaluation of a model directory on a split of a features dataset (no Ray needed).
+"""Evaluation of a model directory on a split of a features dataset, scored on Ray workers.
 
-Tracks are scored by window voting as DESIGN.md fixes it: windows of W frames (the
-model's input length) every H = W/2 frames, the track's distribution is the mean of its
-windows'. A crnn is scored with both step averages side by side (weighted and mean).
+Tracks are scored by window voting as DESIGN.md fixes it (windows of W frames every
+H = W/2, a track's distribution is the mean of its windows', see
+:func:`mgr.inference.predict.predict_tracks`), then calibrated with the model's temperature.
+The split streams from storage through Ray Data into an actor pool (the model loaded once
+per actor); each block of tracks yields its sums (confusion matrices, the loss, the
+calibration sums of :mod:`mgr.inference.calibration`) and the driver adds them up as they
+come, so nothing per track reaches it. Every labelled row of the split is scored exactly
+once (a map over the dataset, and a check of the count). A crnn is scored with both step
+averages side by side (weighted and mean).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Sequence
 
 import numpy as np
 
+from mgr.datasets.featureset import decode_mels, feature_config, read_manifest
+from mgr.datasets.sources.split import SplitRule
+from mgr.errors import JobError, ModelError
+from mgr.inference.calibration import (CalibrationSums, apply_temperature, calibration_sums,
+                                       expected_calibration_error)
 from mgr.inference.predict import predict_tracks, window_geometry
-from mgr.training.engine import classification_metrics, device_for
-from mgr.errors import ModelError
-from mgr.datasets.featureset import feature_config, read_manifest, read_table, to_arrays
+from mgr.io.location import Location
 from mgr.models.modeldir import LoadedModel, load_model_dir
+from mgr.training.engine import metrics_from_confusion
 
-__all__ = ["evaluate", "check_compatible", "format_report"]
+__all__ = ["SCORE_CPUS", "evaluate", "score_split", "split_calibration_sums", "check_compatible",
+           "format_report"]
 
 #: feature settings that must agree between a model and the features it reads
 ANALYSIS_KEYS = ("preset", "sr", "mono", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "power", "floor")
+#: CPUs of a scoring actor on CPU (fractional: the read tasks feeding it need some too)
+SCORE_CPUS = 0.75
 
 
 def check_compatible(loaded: LoadedModel, manifest: dict, *, features_uri: str, labels=()) -> None:
@@ -39,57 +53,189 @@ def check_compatible(loaded: LoadedModel, manifest: dict, *, features_uri: str, 
                          f"(its vocabulary: {loaded.genres})")
 
 
-def evaluate(model_dir: str, features_uri: str, *, split: str = "test", hop_seconds: float | None = None,
-             batch_size: int = 64, use_gpu: bool = False, endpoint_url: str | None = None,
-             loaded: LoadedModel | None = None) -> dict[str, Any]:
-    """Score a model directory on the labeled rows of ``split``.
+class _Scorer:
+    """Ray Data actor: a block of whole tracks in, one row of sums out (JSON)."""
+
+    def __init__(self, model: Location, *, width: int, hop: int, temperatures: Sequence[float], use_gpu: bool,
+                 batch_size: int):
+        from mgr.training.engine import device_for
+
+        self.device = device_for(use_gpu)
+        self.loaded = load_model_dir(model, device=str(self.device))
+        self.index = {g: i for i, g in enumerate(self.loaded.genres)}
+        self.width, self.hop, self.batch_size = width, hop, batch_size
+        self.temperatures = tuple(float(t) for t in temperatures)
+        crnn = self.loaded.spec["architecture"] == "crnn"
+        self.mode = self.loaded.model.average if crnn else None
+        self.averages = ("weighted", "mean") if crnn else (None,)
+
+    def __call__(self, batch) -> dict:
+        loaded, model = self.loaded, self.loaded.model
+        mels = decode_mels(batch.column("mel"), batch.column("n_mels"), batch.column("n_frames"))
+        y = np.array([self.index[lab] for lab in batch.column("label").to_pylist()], dtype=np.int64)
+        k = len(loaded.genres)
+        out: dict = {"n": int(len(y)), "confusion": {}}
+        for avg in self.averages:
+            if avg is not None:
+                model.average = avg
+            probs = predict_tracks(model, mels, width=self.width, hop=self.hop, pad=loaded.pad_value,
+                                   mean=loaded.mean, std=loaded.std, device=self.device, batch_size=self.batch_size)
+            conf = np.zeros((k, k), dtype=np.int64)
+            np.add.at(conf, (y, probs.argmax(1)), 1)
+            out["confusion"][str(avg)] = conf.tolist()
+            if avg == self.mode:
+                calibrated = apply_temperature(probs, loaded.temperature)
+                out["loss_sum"] = float(-np.log(np.clip(calibrated[np.arange(len(y)), y], 1e-12, None)).sum())
+                out["calibration"] = calibration_sums(probs, y, temperatures=self.temperatures).to_dict()
+        if self.mode is not None:
+            model.average = self.mode
+        return {"sums": np.array([json.dumps(out)])}
+
+
+def _merge(total: dict | None, part: dict) -> dict:
+    if total is None:
+        part["calibration"] = CalibrationSums.from_dict(part["calibration"])
+        part["confusion"] = {a: np.asarray(c) for a, c in part["confusion"].items()}
+        return part
+    total["n"] += part["n"]
+    total["loss_sum"] += part["loss_sum"]
+    total["calibration"] = total["calibration"].merge(CalibrationSums.from_dict(part["calibration"]))
+    for a, c in part["confusion"].items():
+        total["confusion"][a] = total["confusion"][a] + np.asarray(c)
+    return total
+
+
+def score_split(model: Location | str, features: Location | str, *, split: str = "test",
+                hop_seconds: float | None = None, temperatures: Sequence[float] | None = None,
+                rule: SplitRule | None = None, workers: int = 2, use_gpu: bool = False, batch_size: int = 64,
+                endpoint_url: str | None = None, loaded: LoadedModel | None = None,
+                expected: int | None = None) -> dict[str, Any]:
+    """Score the labelled rows of ``split`` on Ray workers; return the merged sums.
+
+    Parameters
+    ----------
+    model, features : Location or str
+        Model directory and features dataset (a str takes ``endpoint_url``).
+    temperatures : sequence of float, optional
+        Temperatures at which confidence histograms are kept (default: 1 and the model's).
+    rule : SplitRule, optional
+        Compute the split per row instead of reading the stored column.
+    workers : int
+        Scoring actors (one GPU each with ``use_gpu``).
+    expected : int, optional
+        The number of labelled rows of ``split`` when the caller knows it (and knows its
+        labels are in the model's vocabulary, as after training); else one counting pass
+        finds it first.
+
+    Returns
+    -------
+    dict
+        ``n``, ``confusion`` ({average: ``[k, k]`` array}; key ``"None"`` for a cnn),
+        ``loss_sum`` (cross-entropy of the calibrated track distributions, summed),
+        ``calibration`` (:class:`~mgr.inference.calibration.CalibrationSums` of the
+        uncalibrated distributions), ``loaded``, ``width``, ``hop``.
+    """
+    import ray.data
+
+    from mgr.pipelines.train_data import read_split, split_summary
+
+    model, features = Location.of(model, endpoint_url=endpoint_url), Location.of(features, endpoint_url=endpoint_url)
+    loaded = loaded or load_model_dir(model)
+    manifest = read_manifest(features)
+    if expected is None:
+        labels = split_summary(features, rule=rule)["counts"].get(split, {})
+        check_compatible(loaded, manifest, features_uri=features.uri, labels=list(labels))
+        expected = sum(labels.values())
+    else:
+        check_compatible(loaded, manifest, features_uri=features.uri)
+    if expected == 0:
+        raise ModelError(f"{features.uri} has no labeled, usable rows in split {split!r}")
+    fc = loaded.feature_config
+    width, hop = window_geometry(window_frames=loaded.window_frames, frames_per_second=fc.sr / fc.hop_length,
+                                 hop_seconds=hop_seconds)
+    temps = tuple(temperatures) if temperatures is not None else tuple(sorted({1.0, loaded.temperature}))
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": SCORE_CPUS}
+    ds = read_split(features, split, columns=["label", "n_mels", "n_frames", "mel"], rule=rule)
+    scored = ds.map_batches(
+        _Scorer, batch_format="pyarrow", batch_size=32, compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+        fn_constructor_kwargs={"model": model, "width": width, "hop": hop, "temperatures": temps,
+                               "use_gpu": use_gpu, "batch_size": batch_size}, **resources)
+    total = None
+    for row in scored.iter_rows():
+        total = _merge(total, json.loads(row["sums"]))
+    if total is None or total["n"] != expected:
+        got = 0 if total is None else total["n"]
+        raise JobError(f"scored {got} of the {expected} labeled rows of split {split!r} in {features.uri}; "
+                       "run the command again")
+    total.update(loaded=loaded, width=width, hop=hop)
+    return total
+
+
+def split_calibration_sums(model: Location | str, features: Location | str, *, split: str = "val",
+                           temperatures: Sequence[float] = (1.0,), endpoint_url: str | None = None,
+                           workers: int = 2, use_gpu: bool = False) -> CalibrationSums:
+    """Calibration sums of a model's uncalibrated track distributions on ``split`` (for ``mgr calibrate``).
+
+    ``fit_temperature`` of the result is the temperature to store; ``hist`` holds the
+    confidence histograms at each of ``temperatures``. Starts a local Ray when none is running.
+    """
+    from mgr.pipelines.runtime import ray_session
+
+    model = Location.of(model, endpoint_url=endpoint_url)
+    with ray_session(endpoint_url=model.endpoint_url):
+        return score_split(model, features, split=split, temperatures=temperatures, endpoint_url=endpoint_url,
+                           workers=workers, use_gpu=use_gpu)["calibration"]
+
+
+def evaluate(model_dir: Location | str, features: Location | str, *, split: str = "test",
+             hop_seconds: float | None = None, batch_size: int = 64, use_gpu: bool = False,
+             endpoint_url: str | None = None, loaded: LoadedModel | None = None, rule: SplitRule | None = None,
+             split_seed: int | None = None, workers: int = 2, temperatures: Sequence[float] | None = None,
+             address: str | None = None, num_cpus: int | None = None, expected: int | None = None) -> dict[str, Any]:
+    """Score a model directory on the labeled rows of ``split`` (Ray workers; starts a local Ray if needed).
+
+    ``split_seed`` (or a :class:`SplitRule` ``rule``) scores the split that the extraction's
+    rule with that seed gives (as ``mgr train --split-seed``), computed per row.
 
     Returns
     -------
     dict
         ``accuracy``, ``n``, ``per_genre`` ({genre: precision/recall/f1/support}),
         ``confusion`` (rows true, columns predicted), ``genres``, ``model_id``, ``split``,
-        ``window_frames``, ``hop_frames``; for a crnn also ``accuracy_weighted``,
-        ``accuracy_mean`` and ``average`` (the mode ``accuracy`` is for).
+        ``window_frames``, ``hop_frames``, ``temperature``, ``loss`` (mean cross-entropy of
+        the calibrated track distributions), ``ece`` (at the model's temperature); for a
+        crnn also ``accuracy_weighted``, ``accuracy_mean`` and ``average``. With
+        ``temperatures``, ``calibration_sums`` holds the merged
+        :class:`~mgr.inference.calibration.CalibrationSums` (not JSON).
     """
-    device = device_for(use_gpu)
-    loaded = loaded or load_model_dir(model_dir, device=str(device), endpoint_url=endpoint_url)
-    manifest = read_manifest(features_uri, endpoint_url=endpoint_url)
-    table = read_table(features_uri, columns=["label", "n_mels", "n_frames", "mel"], splits=[split],
-                       ok_only=True, endpoint_url=endpoint_url)
-    labels = table.column("label").to_pylist()
-    check_compatible(loaded, manifest, features_uri=features_uri, labels=labels)
-    keep = [i for i, lab in enumerate(labels) if lab is not None]
-    if not keep:
-        raise ModelError(f"{features_uri} has no labeled, usable rows in split {split!r}")
-    table = table.take(keep)
-    index = {g: i for i, g in enumerate(loaded.genres)}
-    y = np.array([index[lab] for lab in table.column("label").to_pylist()])
-    mels = to_arrays(table)
-    fc = loaded.feature_config
-    width, hop = window_geometry(window_frames=loaded.window_frames, frames_per_second=fc.sr / fc.hop_length,
-                                 hop_seconds=hop_seconds)
-    model = loaded.model
+    from mgr.pipelines.runtime import ray_session
 
-    def scores() -> dict:
-        probs = predict_tracks(model, mels, width=width, hop=hop, pad=loaded.pad_value, mean=loaded.mean,
-                               std=loaded.std, device=device, batch_size=batch_size)
-        return classification_metrics(y, probs.argmax(1), genres=loaded.genres)
+    model_dir = Location.of(model_dir, endpoint_url=endpoint_url)
+    if split_seed is not None and rule is None:
+        from mgr.pipelines.train_data import split_rule
 
+        rule = split_rule(read_manifest(Location.of(features, endpoint_url=endpoint_url)), split_seed)
+    with ray_session(address=address, num_cpus=num_cpus, endpoint_url=model_dir.endpoint_url):
+        sums = score_split(model_dir, features, split=split, hop_seconds=hop_seconds, temperatures=temperatures,
+                           rule=rule, workers=workers, use_gpu=use_gpu, batch_size=batch_size,
+                           endpoint_url=endpoint_url, loaded=loaded, expected=expected)
+    loaded = sums["loaded"]
+    genres = loaded.genres
     out: dict[str, Any] = {}
     if loaded.spec["architecture"] == "crnn":
-        mode = model.average
-        both = {}
-        for avg in ("weighted", "mean"):
-            model.average = avg
-            both[avg] = scores()
-        model.average = mode
+        mode = loaded.model.average
+        both = {a: metrics_from_confusion(sums["confusion"][a], genres=genres) for a in ("weighted", "mean")}
         out.update(both[mode])
-        out.update(average=mode, accuracy_weighted=both["weighted"]["accuracy"],
-                   accuracy_mean=both["mean"]["accuracy"])
+        out.update(average=mode, accuracy_weighted=both["weighted"]["accuracy"], accuracy_mean=both["mean"]["accuracy"])
     else:
-        out.update(scores())
-    out.update(model_id=loaded.model_id, split=split, window_frames=width, hop_frames=hop)
+        out.update(metrics_from_confusion(sums["confusion"]["None"], genres=genres))
+    cal = sums["calibration"]
+    hist = cal.hist.get(float(loaded.temperature))
+    out.update(model_id=loaded.model_id, split=split, window_frames=sums["width"], hop_frames=sums["hop"],
+               temperature=loaded.temperature, loss=sums["loss_sum"] / max(sums["n"], 1),
+               ece=expected_calibration_error(hist) if hist is not None else None)
+    if temperatures is not None:
+        out["calibration_sums"] = cal
     return out
 
 
@@ -102,6 +248,9 @@ def format_report(result: dict) -> str:
                      f"weighted {result['accuracy_weighted']:.4f}   mean {result['accuracy_mean']:.4f}")
     else:
         lines.append(f"accuracy {result['accuracy']:.4f}")
+    if result.get("loss") is not None:
+        ece = f"   ECE {result['ece']:.4f}" if result.get("ece") is not None else ""
+        lines.append(f"loss {result['loss']:.4f}   temperature {result.get('temperature', 1.0):.4g}{ece}")
     genres = result["genres"]
     w = max(8, max(len(g) for g in genres))
     lines.append("")

@@ -1,8 +1,10 @@
 """The per-worker training loop run by Ray Train (imported on the workers only).
 
-Each worker reads its shard of the train split through Ray Data, trains a DDP replica,
-scores its share of the val split (rows ``idx % world == rank``) by window voting, and
-all-reduces the sums so every worker takes the same early-stopping decision. Rank 0
+Each worker streams its shard of the train split through Ray Data (windows already cut and
+stored as float16 by the ingest tasks; pinned and copied without blocking on a GPU), trains
+a DDP replica, scores its shard of the val split by window voting (each val track on exactly
+one worker) and all-reduces the sums (accuracy and the val loss: the mean cross-entropy of
+the track distributions), so every worker takes the same early-stopping decision. Rank 0
 writes a checkpoint every epoch (``state.pt``: model, optimizer, best weights, history)
 through ``ray.train.report``; a restarted or re-run job resumes from the latest one.
 """
@@ -18,10 +20,10 @@ import time
 import numpy as np
 import torch
 
+from mgr.datasets.featureset import decode_mels
 from mgr.inference.predict import predict_tracks
-from mgr.training import engine
-from mgr.datasets.featureset import decode_mel
 from mgr.models import build_model
+from mgr.training import engine
 
 __all__ = ["STATE_FILE", "train_loop_per_worker", "load_state", "say"]
 
@@ -41,10 +43,6 @@ def load_state(checkpoint) -> dict | None:
         return None
     with checkpoint.as_directory() as path:
         return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
-
-
-def _decode(batch: dict, n_mels: int) -> list[np.ndarray]:
-    return [decode_mel(m, n_mels, t) for m, t in zip(batch["mel"], batch["n_frames"])]
 
 
 def _all_reduce(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -69,27 +67,33 @@ def _maybe_fail(cfg: dict, *, epoch: int, rank: int) -> None:
     os._exit(1)
 
 
-def _val_rows(val_iter, *, n_mels: int, rank: int, world: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """This worker's share of the val split (rows ``idx % world == rank``), read once."""
-    mels, labels = [], []
-    for batch in val_iter.iter_batches(batch_size=64, batch_format="numpy"):
-        keep = np.flatnonzero(batch["idx"] % world == rank)
-        if keep.size:
-            sub = {k: batch[k][keep] for k in ("mel", "n_frames")}
-            mels.extend(_decode(sub, n_mels))
-            labels.extend(batch["y"][keep].tolist())
-    return mels, np.asarray(labels, dtype=np.int64)
+def _validate(model, val_shard, *, cfg: dict, recipe, device, world: int) -> tuple[float, float]:
+    """Val accuracy and loss over all workers (window voting on each worker's shard, sums all-reduced).
+
+    The loss is the mean cross-entropy ``-log p(y)`` of the track distributions.
+    """
+    correct = loss_sum = count = 0.0
+    for batch in val_shard.iter_batches(batch_size=32, batch_format="numpy", prefetch_batches=1):
+        mels = decode_mels(batch["mel"], batch["n_mels"], batch["n_frames"])
+        if not mels:
+            continue
+        y = batch["y"].astype(np.int64)
+        probs = predict_tracks(model, mels, width=recipe.window_frames, pad=cfg["pad_value"], mean=cfg["mean"],
+                               std=cfg["std"], device=device)
+        correct += float((probs.argmax(1) == y).sum())
+        loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).sum())
+        count += len(y)
+    total_correct, total_loss, total = _all_reduce([correct, loss_sum, count], device, world)
+    return total_correct / max(total, 1.0), total_loss / max(total, 1.0)
 
 
-def _val_accuracy(model, mels, labels, *, cfg, recipe, device, world) -> float:
-    """Val accuracy over all workers (window voting on each worker's share, sums all-reduced)."""
-    correct = 0.0
-    if mels:
-        probs = predict_tracks(model, mels, width=recipe.window_frames, pad=cfg["pad_value"],
-                                      mean=cfg["mean"], std=cfg["std"], device=device)
-        correct = float((probs.argmax(1) == labels).sum())
-    total_correct, total = _all_reduce([correct, float(len(labels))], device, world)
-    return total_correct / max(total, 1.0)
+def _train_batches(shard, *, per_worker: int, recipe, epoch: int, device):
+    """``(x [B, n_mels, W] float16, y [B])`` torch batches of this worker's shard, pinned for a GPU."""
+    for batch in shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=2, device="cpu",
+                                          pin_memory=device.type == "cuda",
+                                          local_shuffle_buffer_size=max(4 * per_worker, 256),
+                                          local_shuffle_seed=recipe.seed * 7919 + epoch):
+        yield batch["x"], batch["y"]
 
 
 def train_loop_per_worker(cfg: dict) -> None:
@@ -135,38 +139,21 @@ def train_loop_per_worker(cfg: dict) -> None:
     per_worker = max(1, recipe.batch_size // world)
     steps = max(1, -(-cfg["n_train"] // world // per_worker))
     train_shard = ray.train.get_dataset_shard("train")
-    val_mels, val_labels = _val_rows(ray.train.get_dataset_shard("val"), n_mels=cfg["n_mels"], rank=rank,
-                                     world=world)
+    val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
         engine.set_seed(recipe.seed * 100003 + epoch * 1009 + rank)
-        rng = np.random.default_rng([recipe.seed, epoch, rank])
-
-        data_s = [0.0]
-
-        def batches():
-            it = iter(train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", prefetch_batches=2,
-                                               local_shuffle_buffer_size=max(4 * per_worker, 256),
-                                               local_shuffle_seed=recipe.seed * 7919 + epoch))
-            while True:
-                t_data = time.perf_counter()
-                b = next(it, None)
-                if b is None:
-                    return
-                _maybe_fail(cfg, epoch=epoch, rank=rank)
-                mels = _decode(b, cfg["n_mels"])
-                x = engine.crop_batch(mels, width=recipe.window_frames, pad=cfg["pad_value"],
-                                      rng=rng if recipe.crop else None)
-                data_s[0] += time.perf_counter() - t_data
-                yield x, b["y"].astype(np.int64)
-
-        stats = engine.train_epoch(model, batches(), optimizer=optimizer, recipe=recipe, epoch=epoch,
+        batches = engine.TimedBatches(
+            _train_batches(train_shard, per_worker=per_worker, recipe=recipe, epoch=epoch, device=device),
+            on_batch=lambda i, e=epoch: _maybe_fail(cfg, epoch=e, rank=rank) if i == 0 else None)
+        stats = engine.train_epoch(model, batches, optimizer=optimizer, recipe=recipe, epoch=epoch,
                                    steps_per_epoch=steps, device=device, mean=cfg["mean"], std=cfg["std"],
                                    scaler=scaler)
+        train_s = time.perf_counter() - t0
         loss_sum, correct, count = _all_reduce([stats["loss_sum"], stats["correct"], stats["count"]],
                                                device, world)
         t_val = time.perf_counter()
-        val_acc = _val_accuracy(core, val_mels, val_labels, cfg=cfg, recipe=recipe, device=device, world=world)
+        val_acc, val_loss = _validate(core, val_shard, cfg=cfg, recipe=recipe, device=device, world=world)
         val_s = time.perf_counter() - t_val
         if stopper.update(val_acc, epoch=epoch):
             best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
@@ -176,10 +163,14 @@ def train_loop_per_worker(cfg: dict) -> None:
             "loss": loss_sum / max(count, 1.0),
             "accuracy": correct / max(count, 1.0),
             "val_accuracy": val_acc,
+            "val_loss": val_loss,
             "best_val_accuracy": stopper.best,
             "lr": optimizer.param_groups[0]["lr"],
             "time_s": round(time.perf_counter() - t0, 3),
-            "data_s": round(data_s[0], 3),
+            "train_s": round(train_s, 3),
+            "data_s": round(batches.wait_s, 3),
+            "data_wait_share": round(batches.wait_s / max(train_s, 1e-9), 4),
+            "samples_per_s": round(count / max(train_s, 1e-9), 2),
             "val_s": round(val_s, 3),
             "samples": int(count),
             "workers": world,
@@ -187,8 +178,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         history.append(metrics)
         if rank == 0:
             say(f"epoch {epoch + 1}/{recipe.epochs}  loss {metrics['loss']:.4f}  acc {metrics['accuracy']:.3f}"
-                f"  val acc {val_acc:.3f}  lr {metrics['lr']:.2e}  {metrics['time_s']:.1f}s"
-                + ("  (early stop)" if finished else ""))
+                f"  val loss {val_loss:.4f}  val acc {val_acc:.3f}  lr {metrics['lr']:.2e}"
+                f"  {metrics['samples_per_s']:.0f} samples/s  data wait {100 * metrics['data_wait_share']:.0f}%"
+                f"  {metrics['time_s']:.1f}s" + ("  (early stop)" if finished else ""))
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({
                     "model": {k: v.detach().cpu() for k, v in core.state_dict().items()},

@@ -33,10 +33,14 @@ __all__ = [
     "make_optimizer",
     "lr_at",
     "band_stats",
+    "band_stats_from_sums",
+    "to_device",
+    "TimedBatches",
     "crop_batch",
     "iter_batches",
     "train_epoch",
     "classification_metrics",
+    "metrics_from_confusion",
     "EarlyStopping",
 ]
 
@@ -111,15 +115,27 @@ def band_stats(mels: Iterable[np.ndarray], *, n_mels: int) -> tuple[np.ndarray, 
         total += m64.sum(axis=1)
         sq += np.square(m64).sum(axis=1)
         count += m64.shape[1]
+    return band_stats_from_sums(total, sq, count)
+
+
+def band_stats_from_sums(total: np.ndarray, sq: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std from summed frames ``total``, summed squares ``sq`` (``[n_mels]``)
+    and the frame ``count`` (partial sums of blocks add up to these).
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        ``[n_mels]`` float64 mean and std (std floored at 1e-3).
+    """
     if count == 0:
         raise ConfigError("no training frames to compute normalisation statistics from")
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+    mean = np.asarray(total, np.float64) / count
+    std = np.sqrt(np.maximum(np.asarray(sq, np.float64) / count - mean**2, 0.0))
     return mean, np.maximum(std, 1e-3)
 
 
 def crop_batch(mels: Sequence[np.ndarray], *, width: int, pad: float,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+               rng: np.random.Generator | None = None, dtype=np.float32) -> np.ndarray:
     """Cut one window of ``width`` frames from each ``[n_mels, T]`` array.
 
     A random start when ``rng`` is given (augmentation), the first frames otherwise; clips
@@ -128,10 +144,11 @@ def crop_batch(mels: Sequence[np.ndarray], *, width: int, pad: float,
     Returns
     -------
     np.ndarray
-        ``[len(mels), n_mels, width]`` float32.
+        ``[len(mels), n_mels, width]`` of ``dtype`` (float32; float16 halves what travels
+        from the ingest to the device, which computes in float32).
     """
     n_mels = mels[0].shape[0]
-    out = np.full((len(mels), n_mels, width), pad, dtype=np.float32)
+    out = np.full((len(mels), n_mels, width), pad, dtype=dtype)
     for i, m in enumerate(mels):
         t = m.shape[1]
         if t <= width:
@@ -157,6 +174,54 @@ def iter_batches(mels: Sequence[np.ndarray], labels: np.ndarray, *, batch_size: 
         yield x, labels[idx].astype(np.int64)
 
 
+def to_device(x, y, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``device``: ``x`` as float32 ``[B, n_mels, W]``, ``y`` as int64 ``[B]``.
+
+    The copy is non-blocking (it overlaps with the previous step when ``x`` sits in pinned
+    memory, as :class:`TimedBatches` leaves it for CUDA); float16 inputs travel as float16
+    and are widened on the device.
+    """
+    xt = torch.as_tensor(x)
+    yt = torch.as_tensor(y)
+    if device.type == "cuda" and not xt.is_pinned():
+        xt = xt.pin_memory()
+    xt = xt.to(device, non_blocking=True).float()
+    yt = yt.to(device, non_blocking=True).long()
+    return xt, yt
+
+
+class TimedBatches:
+    """Wrap a batch iterable; count the seconds spent waiting for each next batch.
+
+    Attributes
+    ----------
+    wait_s : float
+        Seconds blocked in ``next()`` of the wrapped iterable (the data stall).
+    """
+
+    def __init__(self, batches: Iterable, *, on_batch=None):
+        self._batches = batches
+        self._on_batch = on_batch
+        self.wait_s = 0.0
+        self.count = 0
+
+    def __iter__(self):
+        import time
+
+        it = iter(self._batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait_s += time.perf_counter() - t0
+            if self._on_batch is not None:
+                self._on_batch(self.count)
+            self.count += 1
+            yield batch
+
+
 def _normalizer(mean, std, device):
     if mean is None:
         return None
@@ -172,8 +237,9 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, np.n
 
     Parameters
     ----------
-    batches : iterable of (np.ndarray, np.ndarray)
-        ``x [B, n_mels, W]`` raw log-mel (float) and ``y [B]`` class indices.
+    batches : iterable of (array, array)
+        ``x [B, n_mels, W]`` raw log-mel (float16 or float32; numpy or torch, pinned for
+        a non-blocking copy to a GPU) and ``y [B]`` class indices.
     mean, std : array-like, optional
         ``[n_mels]`` normalisation applied on ``device``.
 
@@ -185,15 +251,15 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, np.n
     model.train()
     norm = _normalizer(mean, std, device)
     scaler = scaler or make_scaler(device)
-    loss_sum = 0.0
-    correct = 0
+    # sums stay on the device: no host sync per step (the GPU runs ahead of the Python loop)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     step = 0
     for step, (x, y) in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(recipe, epoch + min(step / max(steps_per_epoch, 1), 1.0))
-        xt = torch.as_tensor(x, device=device, dtype=torch.float32)
-        yt = torch.as_tensor(y, device=device, dtype=torch.long)
+        xt, yt = to_device(x, y, device)
         if norm is not None:
             xt = (xt - norm[0]) / norm[1]
         with autocast(device):
@@ -205,10 +271,10 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, np.n
         scaler.step(optimizer)
         scaler.update()
         n = int(yt.shape[0])
-        loss_sum += float(loss.detach()) * n
-        correct += int((logp.detach().argmax(-1) == yt).sum())
+        loss_sum += loss.detach().double() * n
+        correct += (logp.detach().argmax(-1) == yt).sum()
         count += n
-    return {"loss_sum": loss_sum, "correct": float(correct), "count": float(count), "steps": float(step + 1)}
+    return {"loss_sum": float(loss_sum), "correct": float(correct), "count": float(count), "steps": float(step + 1)}
 
 
 def _smoothed_nll(logp: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -227,10 +293,15 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], *, genr
         predicted, in ``genres`` order), ``genres``.
     """
     k = len(genres)
-    yt = np.asarray(y_true, dtype=np.int64)
-    yp = np.asarray(y_pred, dtype=np.int64)
     conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (yt, yp), 1)
+    np.add.at(conf, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return metrics_from_confusion(conf, genres=genres)
+
+
+def metrics_from_confusion(confusion, *, genres: Sequence[str]) -> dict:
+    """:func:`classification_metrics` from a ``[n_genres, n_genres]`` confusion matrix
+    (rows true, columns predicted), e.g. one summed over workers."""
+    conf = np.asarray(confusion, dtype=np.int64)
     per = {}
     for i, g in enumerate(genres):
         tp = conf[i, i]
@@ -238,9 +309,9 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], *, genr
         rec = tp / conf[i].sum() if conf[i].sum() else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
         per[g] = {"precision": float(prec), "recall": float(rec), "f1": float(f1), "support": int(conf[i].sum())}
-    n = int(len(yt))
+    n = int(conf.sum())
     return {
-        "accuracy": float((yt == yp).mean()) if n else 0.0,
+        "accuracy": float(np.trace(conf) / n) if n else 0.0,
         "n": n,
         "per_genre": per,
         "confusion": conf.tolist(),

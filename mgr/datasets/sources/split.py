@@ -10,11 +10,12 @@ up to sampling noise of about ±sqrt(n·p·(1-p)) tracks per genre).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Sequence
 
 from mgr.errors import ConfigError
 
-__all__ = ["parse_ratios", "assign_splits", "unit_hash", "SPLIT_NAMES"]
+__all__ = ["parse_ratios", "assign_splits", "unit_hash", "SPLIT_NAMES", "SplitRule"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -77,3 +78,53 @@ def assign_splits(
             u = unit_hash(seed, rec["label"], key)
         rec["split"] = "train" if u < p_train else ("val" if u < p_train + p_val else "test")
     return records
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """The extraction's split rule with a chosen seed, applied to rows on the fly.
+
+    A training run (or evaluation) with a rule uses ``rule.split_of(...)`` of each row
+    instead of the stored ``split`` column, so another split of the same features needs no
+    copy. The result is the one :func:`assign_splits` gives with ``keep_source_split=False``.
+
+    Attributes
+    ----------
+    seed : int
+    ratios : tuple of float
+        Train, val, test proportions.
+    group_by : {None, "artist"}
+    """
+
+    seed: int = 0
+    ratios: tuple = (0.7, 0.2, 0.1)
+    group_by: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ratios", parse_ratios(tuple(self.ratios)))
+        if self.group_by not in (None, "artist"):
+            raise ConfigError(f"--group-by supports only 'artist' (got {self.group_by!r})")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"a split seed must be an integer, got {self.seed!r}")
+
+    def split_of(self, label: str | None, key: str, artist: str | None = None) -> str | None:
+        """``"train"``/``"val"``/``"test"`` of one labelled row (None when unlabelled).
+
+        ``key`` is the row's ``track_id`` (or ``uri`` when it has none).
+        """
+        if label is None:
+            return None
+        if self.group_by == "artist" and artist:
+            u = unit_hash(self.seed, "artist", artist)
+        else:
+            u = unit_hash(self.seed, label, key)
+        p_train, p_val, _ = self.ratios
+        return "train" if u < p_train else ("val" if u < p_train + p_val else "test")
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "ratios": list(self.ratios), "group_by": self.group_by}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitRule":
+        return cls(seed=int(d.get("seed", 0)), ratios=tuple(d.get("ratios") or (0.7, 0.2, 0.1)),
+                   group_by=d.get("group_by"))
