@@ -278,7 +278,7 @@ def test_submit_ships_a_named_model_with_the_job(pulled_home, tmp_path, monkeypa
 
 
 @needs_weights
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 @pytest.mark.skipif(MUSIC is None or not MUSIC.is_dir(), reason="../shared/data/music not present")
 def test_label_with_the_name_gives_the_reference_genres_on_real_music(ray_local, pulled_home, tmp_path, monkeypatch,
                                                                        capsys):
