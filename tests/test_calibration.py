@@ -145,3 +145,105 @@ def test_ece_and_reliability_by_hand():
     rel = reliability(h)
     assert rel[9]["count"] == 4 and rel[9]["accuracy"] == 0.75 and rel[9]["confidence"] == pytest.approx(0.95)
     assert rel[0]["accuracy"] is None and rel[0]["count"] == 0
+
+
+# --- mgr calibrate and --target-accuracy -------------------------------------------------
+
+def _synthetic_model(path, *, n_genres: int = 4, n_mels: int = 32, frames: int = 96, sharpen: float = 1.0) -> str:
+    import torch
+
+    from mgr.audio.features import pad_value
+    from mgr.config import FeatureConfig
+    from mgr.models import build_model
+    from mgr.models.modeldir import save_model_dir
+
+    cfg = FeatureConfig(preset="synthetic", n_mels=n_mels, clip_frames=frames)
+    torch.manual_seed(0)
+    model = build_model("cnn", n_classes=n_genres, n_mels=n_mels)
+    with torch.no_grad():  # bigger logits: a confident (and wrong-ish) untrained model
+        for p in model.parameters():
+            p.mul_(sharpen)
+    save_model_dir(str(path), model=model, spec={
+        "name": "calib-cnn", "architecture": "cnn", "model_config": {"n_classes": n_genres, "n_mels": n_mels},
+        "feature_config": cfg.to_dict(), "genres": [f"genre{g}" for g in range(n_genres)], "window_frames": frames,
+        "pad_value": pad_value(cfg), "normalization": None, "metrics": {}, "provenance": {"test": True}})
+    return str(path)
+
+
+def _reference_temperature(model_dir: str, features: str, split: str) -> float:
+    """T fitted in process: decode the split's mels, window-vote, fit on the NLL grid."""
+    import pyarrow.parquet as pq
+
+    from mgr.inference.predict import predict_tracks
+    from mgr.models.modeldir import load_model_dir
+
+    loaded = load_model_dir(model_dir)
+    rows = [r for r in pq.read_table(features).to_pylist() if r["split"] == split and r["error"] is None]
+    mels = [np.frombuffer(r["mel"], np.float16).reshape(r["n_mels"], r["n_frames"]).astype(np.float32) for r in rows]
+    y = np.array([loaded.genres.index(r["label"]) for r in rows])
+    probs = predict_tracks(loaded.model, mels, width=loaded.window_frames, pad=loaded.pad_value, mean=loaded.mean,
+                           std=loaded.std)
+    return fit_temperature(calibration_sums(probs, y))
+
+
+@pytest.mark.timeout(600)
+def test_mgr_calibrate_writes_a_new_calibrated_model_and_never_touches_the_old(ray_local, tmp_path, capsys):
+    import json
+    import os
+
+    from mgr.cli import main as cli_main
+    from mgr.models.modeldir import load_model_dir
+    from mgr.reporting.html import image_names
+    from tests.featgen import write_features
+
+    features = str(tmp_path / "features")
+    write_features(features, n_genres=4, per_split={"train": 2, "val": 12, "test": 8})
+    model = _synthetic_model(tmp_path / "model", sharpen=1.6)
+    before = {f: open(os.path.join(model, f), "rb").read() for f in os.listdir(model)}
+    out = str(tmp_path / "calibrated")
+    assert cli_main(["calibrate", model, features, out, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    t = res["temperature"]
+    assert t == pytest.approx(_reference_temperature(model, features, "val"))
+    assert t != 1.0 and res["split"] == "test" and res["fitted_on"]["n"] == 48
+    assert {f: open(os.path.join(model, f), "rb").read() for f in os.listdir(model)} == before
+    spec = json.load(open(os.path.join(out, "model.json")))
+    assert spec["temperature"] == t and spec["provenance"]["calibrated_from"] == load_model_dir(model).model_id
+    loaded = load_model_dir(out)
+    assert loaded.temperature == t and loaded.model_id != load_model_dir(model).model_id
+    cal = json.load(open(os.path.join(out, "report.json")))["calibration"]
+    assert cal["temperature"] == t and cal["n"] == 32
+    assert cal["ece_after"] <= cal["ece_before"] + 0.05
+    cov = [r["coverage"] for r in cal["coverage"]]
+    assert cov[0] == 1.0 and all(a >= b for a, b in zip(cov, cov[1:]))
+    doc = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert "calibration.png" in image_names(doc)
+    assert all(os.path.isfile(os.path.join(out, name)) for name in image_names(doc))
+    # a new directory only: never into MODEL itself, never over another one
+    assert cli_main(["calibrate", model, features, model]) == 2
+    assert "must differ from MODEL" in capsys.readouterr().err
+    assert cli_main(["calibrate", model, features, out]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_target_accuracy_reads_the_threshold_from_the_models_table(tmp_path, capsys):
+    import json
+
+    from mgr.commands.calibrate import min_confidence_for
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text("{}")
+    with pytest.raises(ConfigError, match="mgr calibrate"):
+        min_confidence_for(str(model), 0.9)
+    conf = np.array([0.5 + 0.05 * i for i in range(10)])
+    p = np.stack([conf, 1 - conf], axis=1)
+    y = np.array([1 if i < 4 else 0 for i in range(10)])
+    table = coverage_table(calibration_sums(p, y).hist[1.0])
+    (model / "report.json").write_text(json.dumps({"calibration": {"coverage": table, "split": "test"}}))
+    assert min_confidence_for(str(model), 0.95) == 0.7
+    assert "--min-confidence 0.7" in capsys.readouterr().err
+    wrong = coverage_table(calibration_sums(p, np.ones(10, dtype=int)).hist[1.0])
+    (model / "report.json").write_text(json.dumps({"calibration": {"coverage": wrong, "split": "test"}}))
+    with pytest.raises(ConfigError, match="lower --target-accuracy"):
+        min_confidence_for(str(model), 0.9)
