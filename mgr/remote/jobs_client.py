@@ -105,7 +105,7 @@ def project_root() -> Path:
     JobError
         When mgr runs from an installed wheel without the ``jobs/`` entrypoints.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # mgr/remote/jobs_client.py → the checkout
     if not (root / "jobs").is_dir() or not (root / "mgr").is_dir():
         raise JobError(
             f"mgr at {root} is not a project checkout (no jobs/ folder): run mgr submit from the mgr "
