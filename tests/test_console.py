@@ -115,3 +115,10 @@ def test_the_quick_demo_prints_mgr_lines_and_nothing_of_rays_internal_actors(tmp
     # and what left the console is in the session folder
     err_files = [f for f in os.listdir(logs.group(1)) if f.endswith(".err")]
     assert err_files
+    # the demo's models and labels come with their reports
+    demo = tmp_path / "demo"
+    for arch in ("cnn", "crnn"):
+        assert (demo / "models" / arch / "report.html").is_file(), arch
+        assert (demo / "models" / arch / "calibration.png").is_file(), arch
+    assert (demo / "labels" / "_report" / "index.html").is_file()
+    assert (demo / "labels" / "_report" / "review.csv").is_file()

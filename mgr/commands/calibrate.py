@@ -43,13 +43,10 @@ def register(sub) -> None:
 
 
 def _calibration_report(sums, *, temperature: float, split: str) -> dict:
-    from mgr.inference.calibration import coverage_table, expected_calibration_error, reliability
+    """report.json ``calibration`` (as training writes it), plus the split it was measured on."""
+    from mgr.pipelines.train_export import calibration_report
 
-    before, after = sums.hist[1.0], sums.hist[float(temperature)]
-    return {"temperature": float(temperature), "split": split, "n": int(sums.n),
-            "ece_before": expected_calibration_error(before), "ece_after": expected_calibration_error(after),
-            "coverage": coverage_table(after), "reliability_before": reliability(before),
-            "reliability_after": reliability(after)}
+    return {**calibration_report(sums, temperature=temperature), "split": split}
 
 
 def calibrate(model, features, output, *, split: str = "val", report_split: str = "test", workers: int = 2,

@@ -44,6 +44,9 @@ def export(state: dict, *, plan) -> dict[str, Any]:
     if test is not None:
         _add_test(report, spec, test, plan=plan)
     c.output.join("report.json").write_json(report)
+    from mgr.reporting.model_report import write_model_report
+
+    write_model_report(c.output)  # report.html (curves, confusion, per-genre F1, calibration) + calibration.png
     if c.verbose:
         acc = f"{test['accuracy']:.4f}" if test else "n/a (no test split)"
         print(f"mgr train: wrote {c.output.uri} (best epoch {spec['metrics']['best_epoch']}, val accuracy "
