@@ -40,8 +40,21 @@ t0 = time.time()
 catalog, out, model, endpoint, stop_at_first = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] or None, sys.argv[5] == "1"
 from mgr.io.location import Location
 from mgr.pipelines.catalog_config import LabelConfig
+from mgr.pipelines import label as label_mod
 from mgr.pipelines.label import label_catalog
+from mgr.pipelines.output import DatasetOutput
 marks = {}
+def timed(name, fn):
+    def wrapper(*a, **k):
+        t = time.time()
+        try:
+            return fn(*a, **k)
+        finally:
+            marks[name] = round(marks.get(name, 0) + time.time() - t, 2)
+    return wrapper
+DatasetOutput.plan = timed("planner_plan_s", DatasetOutput.plan)
+DatasetOutput.complete = timed("check_s", DatasetOutput.complete)
+label_mod._write_report = timed("report_s", label_mod._write_report)
 def log(line):
     marks.setdefault("plan_s", round(time.time() - t0, 2))
 box = {}
@@ -65,11 +78,12 @@ while th.is_alive():
                     break
         except (OSError, FileNotFoundError):
             pass
-res = {"wall_s": round(time.time() - t0, 2), "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **marks}
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+res = {"wall_s": round(time.time() - t0, 2), "driver_peak_rss_mb": round(peak, 1), **marks}
 if "summary" in box:
     s = box["summary"]
     res.update(files=s["run"]["files"], skipped=s["run"]["files_skipped_already_done"], complete=s["complete"],
-               output_rows=s["counts"]["files"])
+               output_rows=s["counts"]["files"], pipeline_s=s["run"]["seconds"])
 if "error" in box:
     res["error"] = box["error"][:500]
 print("RESULT " + json.dumps(res), flush=True)
@@ -85,8 +99,8 @@ def _env(extra: dict | None = None) -> dict:
 
 def run_driver(catalog: str, out: str, model: str, *, endpoint: str = "", stop_at_first: bool = False,
                env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, catalog, out, model, endpoint, "1" if stop_at_first else "0"],
-                          capture_output=True, text=True, env=_env(env), cwd=ROOT, timeout=3600)
+    argv = [sys.executable, "-c", _DRIVER, catalog, out, model, endpoint, "1" if stop_at_first else "0"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_env(env), cwd=ROOT, timeout=3600)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         return {"error": proc.stderr[-2000:]}
