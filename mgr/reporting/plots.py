@@ -48,6 +48,10 @@ def learning_curves_png(history: Sequence[dict], *, title: str = "") -> bytes:
     ax2.set_ylabel("accuracy")
     ax2.set_ylim(0, 1)
     ax2.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return png(fig, plt)
