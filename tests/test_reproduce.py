@@ -157,7 +157,7 @@ def _check_results(out, results):
 @pytest.mark.timeout(420)
 def test_reproduce_gtzan_two_seeds(ray_local, tmp_path):
     from mgr.datasets.featureset import read_table
-    from mgr.experiments.reproduce import reproduce, seed_features
+    from mgr.experiments.reproduce import reproduce
 
     data = str(tmp_path / "genres")
     genre_tree(data, per_style=8, seconds=3.0, formats=("wav", "mp3"))

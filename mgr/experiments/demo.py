@@ -197,6 +197,7 @@ def run_demo(
     """
     from mgr.pipelines.evaluate import evaluate
     from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
+    from mgr.pipelines.train_config import TrainJobConfig
     from mgr.pipelines.extract import extract
     from mgr.pipelines.label import label_catalog
     from mgr.pipelines.runtime import ray_session
@@ -229,8 +230,8 @@ def run_demo(
         for arch in ("cnn", "crnn"):
             log(f"[3/6] mgr train --model {arch} (Ray Train, {spec.workers} workers, {spec.epochs} epochs)")
             out = os.path.join(workdir, "models", arch)
-            train(features, out, model=arch, preset="mgr", workers=spec.workers, epochs=spec.epochs,
-                  crop_seconds=spec.crop_seconds, seed=seed, patience=spec.epochs)
+            train(TrainJobConfig(features, out, model=arch, preset="mgr", workers=spec.workers, epochs=spec.epochs,
+                                 crop_seconds=spec.crop_seconds, seed=seed, patience=spec.epochs))
             models[arch] = out
         step("train")
         log("[4/6] mgr evaluate on the test split")

@@ -3,8 +3,8 @@
 Tracks are scored by window voting as DESIGN.md fixes it (windows of W frames every
 H = W/2, a track's distribution is the mean of its windows', see
 :func:`mgr.inference.predict.predict_tracks`), then calibrated with the model's temperature.
-The split streams from storage through Ray Data into an actor pool (the model loaded once
-per actor); each block of tracks yields its sums (confusion matrices, the loss, the
+The split streams from storage through Ray Data into scoring tasks (the model loaded once
+per worker process); each block of tracks yields its sums (confusion matrices, the loss, the
 calibration sums of :mod:`mgr.inference.calibration`) and the driver adds them up as they
 come, so nothing per track reaches it. Every labelled row of the split is scored exactly
 once (a map over the dataset, and a check of the count). A crnn is scored with both step
@@ -33,8 +33,8 @@ __all__ = ["SCORE_CPUS", "evaluate", "score_split", "split_calibration_sums", "c
 
 #: feature settings that must agree between a model and the features it reads
 ANALYSIS_KEYS = ("preset", "sr", "mono", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "power", "floor")
-#: CPUs of a scoring actor on CPU (fractional: the read tasks feeding it need some too)
-SCORE_CPUS = 0.75
+#: CPUs of a scoring task on CPU (fractional, like the ingest it is fused with)
+SCORE_CPUS = 0.5
 
 
 def check_compatible(loaded: LoadedModel, manifest: dict, *, features_uri: str, labels=()) -> None:
@@ -53,43 +53,54 @@ def check_compatible(loaded: LoadedModel, manifest: dict, *, features_uri: str, 
                          f"(its vocabulary: {loaded.genres})")
 
 
-class _Scorer:
-    """Ray Data actor: a block of whole tracks in, one row of sums out (JSON)."""
+#: models loaded by this worker process, by model_id (scoring tasks reuse them)
+_MODELS: dict = {}
 
-    def __init__(self, model: Location, *, width: int, hop: int, temperatures: Sequence[float], use_gpu: bool,
-                 batch_size: int):
-        from mgr.training.engine import device_for
 
-        self.device = device_for(use_gpu)
-        self.loaded = load_model_dir(model, device=str(self.device))
-        self.index = {g: i for i, g in enumerate(self.loaded.genres)}
-        self.width, self.hop, self.batch_size = width, hop, batch_size
-        self.temperatures = tuple(float(t) for t in temperatures)
-        crnn = self.loaded.spec["architecture"] == "crnn"
-        self.mode = self.loaded.model.average if crnn else None
-        self.averages = ("weighted", "mean") if crnn else (None,)
+def _model_for(model: Location, model_id: str, use_gpu: bool) -> LoadedModel:
+    from mgr.training.engine import device_for
 
-    def __call__(self, batch) -> dict:
-        loaded, model = self.loaded, self.loaded.model
-        mels = decode_mels(batch.column("mel"), batch.column("n_mels"), batch.column("n_frames"))
-        y = np.array([self.index[lab] for lab in batch.column("label").to_pylist()], dtype=np.int64)
-        k = len(loaded.genres)
-        out: dict = {"n": int(len(y)), "confusion": {}}
-        for avg in self.averages:
+    key = (model.uri, model_id, use_gpu)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model_dir(model, device=str(device_for(use_gpu)))
+    return _MODELS[key]
+
+
+def _score_block(batch, *, model: Location, model_id: str, width: int, hop: int, temperatures: Sequence[float],
+                 use_gpu: bool, batch_size: int) -> dict:
+    """Scoring task: a block of whole tracks in, one row of sums out (JSON).
+
+    A task rather than an actor: it runs in the warm worker processes of the ingest, and the
+    model is loaded once per process (:func:`_model_for`).
+    """
+    loaded = _model_for(model, model_id, use_gpu)
+    net = loaded.model
+    device = next(net.parameters()).device
+    crnn = loaded.spec["architecture"] == "crnn"
+    mode = net.average if crnn else None
+    index = {g: i for i, g in enumerate(loaded.genres)}
+    mels = decode_mels(batch.column("mel"), batch.column("n_mels"), batch.column("n_frames"))
+    y = np.array([index[lab] for lab in batch.column("label").to_pylist()], dtype=np.int64)
+    k = len(loaded.genres)
+    out: dict = {"n": int(len(y)), "confusion": {}}
+    try:
+        for avg in (("weighted", "mean") if crnn else (None,)):
             if avg is not None:
-                model.average = avg
-            probs = predict_tracks(model, mels, width=self.width, hop=self.hop, pad=loaded.pad_value,
-                                   mean=loaded.mean, std=loaded.std, device=self.device, batch_size=self.batch_size)
+                net.average = avg
+            probs = predict_tracks(net, mels, width=width, hop=hop, pad=loaded.pad_value, mean=loaded.mean,
+                                   std=loaded.std, device=device, batch_size=batch_size)
             conf = np.zeros((k, k), dtype=np.int64)
             np.add.at(conf, (y, probs.argmax(1)), 1)
             out["confusion"][str(avg)] = conf.tolist()
-            if avg == self.mode:
+            if avg == mode:
                 calibrated = apply_temperature(probs, loaded.temperature)
                 out["loss_sum"] = float(-np.log(np.clip(calibrated[np.arange(len(y)), y], 1e-12, None)).sum())
-                out["calibration"] = calibration_sums(probs, y, temperatures=self.temperatures).to_dict()
-        if self.mode is not None:
-            model.average = self.mode
-        return {"sums": np.array([json.dumps(out)])}
+                out["calibration"] = calibration_sums(probs, y, temperatures=temperatures).to_dict()
+    finally:
+        if crnn:
+            net.average = mode
+    return {"sums": np.array([json.dumps(out)])}
 
 
 def _merge(total: dict | None, part: dict) -> dict:
@@ -121,7 +132,7 @@ def score_split(model: Location | str, features: Location | str, *, split: str =
     rule : SplitRule, optional
         Compute the split per row instead of reading the stored column.
     workers : int
-        Scoring actors (one GPU each with ``use_gpu``).
+        Scoring tasks at a time (one GPU each with ``use_gpu``).
     expected : int, optional
         The number of labelled rows of ``split`` when the caller knows it (and knows its
         labels are in the model's vocabulary, as after training); else one counting pass
@@ -142,12 +153,11 @@ def score_split(model: Location | str, features: Location | str, *, split: str =
     model, features = Location.of(model, endpoint_url=endpoint_url), Location.of(features, endpoint_url=endpoint_url)
     loaded = loaded or load_model_dir(model)
     manifest = read_manifest(features)
+    check_compatible(loaded, manifest, features_uri=features.uri)
     if expected is None:
         labels = split_summary(features, rule=rule)["counts"].get(split, {})
         check_compatible(loaded, manifest, features_uri=features.uri, labels=list(labels))
         expected = sum(labels.values())
-    else:
-        check_compatible(loaded, manifest, features_uri=features.uri)
     if expected == 0:
         raise ModelError(f"{features.uri} has no labeled, usable rows in split {split!r}")
     fc = loaded.feature_config
@@ -155,11 +165,13 @@ def score_split(model: Location | str, features: Location | str, *, split: str =
                                  hop_seconds=hop_seconds)
     temps = tuple(temperatures) if temperatures is not None else tuple(sorted({1.0, loaded.temperature}))
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": SCORE_CPUS}
-    ds = read_split(features, split, columns=["label", "n_mels", "n_frames", "mel"], rule=rule)
+    ds = read_split(features, split, columns=["label", "n_mels", "n_frames", "mel"], rule=rule, rows_per_block=64)
     scored = ds.map_batches(
-        _Scorer, batch_format="pyarrow", batch_size=32, compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
-        fn_constructor_kwargs={"model": model, "width": width, "hop": hop, "temperatures": temps,
-                               "use_gpu": use_gpu, "batch_size": batch_size}, **resources)
+        _score_block, batch_format="pyarrow", batch_size=None,
+        compute=ray.data.TaskPoolStrategy(size=max(1, workers)),
+        fn_kwargs={"model": model, "model_id": loaded.model_id, "width": width, "hop": hop,
+                   "temperatures": tuple(float(t) for t in temps), "use_gpu": use_gpu, "batch_size": batch_size},
+        **resources)
     total = None
     for row in scored.iter_rows():
         total = _merge(total, json.loads(row["sums"]))

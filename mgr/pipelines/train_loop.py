@@ -67,8 +67,9 @@ def _maybe_fail(cfg: dict, *, epoch: int, rank: int) -> None:
     os._exit(1)
 
 
-def _validate(model, val_shard, *, cfg: dict, recipe, device, world: int) -> tuple[float, float]:
-    """Val accuracy and loss over all workers (window voting on each worker's shard, sums all-reduced).
+def _validate(model, val_shard, *, cfg: dict, recipe, device, world: int) -> tuple[float, float, int]:
+    """Val accuracy, loss and track count over all workers (window voting on each worker's shard,
+    sums all-reduced).
 
     The loss is the mean cross-entropy ``-log p(y)`` of the track distributions.
     """
@@ -84,7 +85,7 @@ def _validate(model, val_shard, *, cfg: dict, recipe, device, world: int) -> tup
         loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).sum())
         count += len(y)
     total_correct, total_loss, total = _all_reduce([correct, loss_sum, count], device, world)
-    return total_correct / max(total, 1.0), total_loss / max(total, 1.0)
+    return total_correct / max(total, 1.0), total_loss / max(total, 1.0), int(total)
 
 
 def _train_batches(shard, *, per_worker: int, recipe, epoch: int, device):
@@ -153,7 +154,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         loss_sum, correct, count = _all_reduce([stats["loss_sum"], stats["correct"], stats["count"]],
                                                device, world)
         t_val = time.perf_counter()
-        val_acc, val_loss = _validate(core, val_shard, cfg=cfg, recipe=recipe, device=device, world=world)
+        val_acc, val_loss, val_n = _validate(core, val_shard, cfg=cfg, recipe=recipe, device=device, world=world)
         val_s = time.perf_counter() - t_val
         if stopper.update(val_acc, epoch=epoch):
             best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
@@ -173,6 +174,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             "samples_per_s": round(count / max(train_s, 1e-9), 2),
             "val_s": round(val_s, 3),
             "samples": int(count),
+            "val_samples": val_n,
             "workers": world,
         }
         history.append(metrics)
