@@ -296,3 +296,21 @@ def test_an_aggregate_stays_small_however_many_kinds_of_error():
     assert len(agg["error_classes"]) == MAX_CLASSES and "other" in agg["error_classes"]
     assert sum(v["count"] for v in agg["error_classes"].values()) == 200
     assert len(json.dumps(agg)) < 20_000
+
+
+def test_the_report_of_labels_on_s3_is_written_beside_them(s3_bucket, s3_endpoint):
+    from mgr.io.location import Location
+
+    fs, bucket = s3_bucket
+    labels = Location(f"s3://{bucket}/labels", endpoint_url=s3_endpoint)
+    rows = _rows(30, seed=6)
+    schema = labelset.labels_schema(GENRES, model_id="m-1")
+    for i in range(0, 30, 10):
+        write_part(labelset.to_table(rows[i:i + 10], schema), labels)
+    res = write_labels_report(labels, top_n=5, use_ray=False)
+    assert res["index"] == f"s3://{bucket}/labels/_report/index.html"
+    doc = fs.cat(f"{bucket}/labels/_report/index.html").decode()
+    names = image_names(doc)
+    assert names and all(fs.exists(f"{bucket}/labels/_report/{n}") for n in names)
+    review = fs.cat(f"{bucket}/labels/_report/review.csv").decode().splitlines()
+    assert len(review) == 1 + 5
