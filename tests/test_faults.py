@@ -240,8 +240,11 @@ from mgr.pipelines.label import label_catalog
 ray._private.utils.write_ray_address = lambda *args, **kwargs: None
 feat, labels = os.path.join(work, "features"), os.path.join(work, "labels")
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+# the driver joins while the head is the only node, so it is the head's raylet it attaches to
+# (removing the node a driver is attached to would end the driver, not test the job)
 ray.init(address=cluster.address, logging_level="WARNING")
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+cluster.wait_for_nodes()
 result = {}
 
 def parts(path):
