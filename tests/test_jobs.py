@@ -140,7 +140,7 @@ def test_address_from_environment_and_missing_address():
 
 
 def test_runtime_env_has_no_secrets_and_skips_heavy_folders(monkeypatch):
-    from mgr.remote.jobs_client import build_runtime_env, entrypoint, pip_requirements
+    from mgr.remote.runtime_env import build_runtime_env, entrypoint, pip_requirements
 
     for key, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(key, value)

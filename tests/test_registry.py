@@ -249,23 +249,22 @@ def test_submit_ships_a_named_model_with_the_job(pulled_home, tmp_path, monkeypa
 
     from mgr.commands import models as models_cmd
     from mgr.commands.submit import job_arguments
-    from mgr.remote import jobs_client
+    from mgr.remote import runtime_env
 
     monkeypatch.setenv("MGR_HOME", str(pulled_home))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(jobs_client, "project_root", lambda: REPO)  # the checkout the job's working_dir is made of
     args, _, values = job_arguments("label", ["cat", "labels", "--model", "paper-gtzan"])
     rel = args[args.index("--model") + 1]
     assert not os.path.isabs(rel) and rel.startswith(models_cmd.JOB_MODELS)
     assert values == [str(tmp_path / "cat"), str(tmp_path / "labels")]
-    root = Path(jobs_client.build_runtime_env(pip=False)["working_dir"])
+    root = Path(runtime_env.build_runtime_env(pip=False)["working_dir"])
     assert root == REPO
     shipped = root / rel
     try:
         assert (shipped / "model.pt").read_bytes() == (pulled_home / "paper-gtzan" / "model.pt").read_bytes()
         # what Ray uploads as the working_dir (its excludes and .gitignore applied) holds the model
         files = []
-        packaging._dir_travel(root, [packaging._get_excludes(root, jobs_client.EXCLUDES)],
+        packaging._dir_travel(root, [packaging._get_excludes(root, runtime_env.EXCLUDES)],
                               lambda p: files.append(p.relative_to(root).as_posix()), include_gitignore=True)
         assert f"{Path(rel).as_posix()}/model.json" in files and f"{Path(rel).as_posix()}/model.pt" in files
         # a local path is still made absolute, an s3:// one kept

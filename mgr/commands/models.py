@@ -163,7 +163,7 @@ def job_model(value: str) -> str | None:
         cannot hold the copy (the message says to put the model on s3://).
     """
     from mgr.registry import CATALOG, RegistryError, resolve_model
-    from mgr.remote.jobs_client import project_root
+    from mgr.remote.runtime_env import project_root
 
     if "://" in value or os.path.exists(value) or value not in CATALOG:
         return None

@@ -55,7 +55,7 @@ def _add_submit_options(parser: argparse.ArgumentParser, *, suppress: bool = Fal
 
 
 def register(subparsers) -> None:
-    from mgr.remote.jobs_client import KINDS
+    from mgr.remote.runtime_env import KINDS
 
     p = subparsers.add_parser(
         "submit",
