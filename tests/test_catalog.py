@@ -158,3 +158,30 @@ def test_progress_line_terminal_and_log():
     silent = io.StringIO()
     Progress("labeled", 3, stream=silent, enabled=False).close()
     assert silent.getvalue() == ""
+
+
+def test_job_configs_are_frozen_and_name_the_bad_option():
+    import dataclasses
+
+    from mgr.errors import ConfigError
+    from mgr.io.location import Location
+    from mgr.pipelines.catalog_config import ExtractConfig
+
+    cfg = LabelConfig("/x", "/y", model_dir="/m", actors="1,4")
+    assert cfg.actors == (1, 4) and isinstance(cfg.output, Location) and isinstance(cfg.model_dir, Location)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.top_k = 5
+    for kw, option in ((dict(top_k=0), "--top-k"), (dict(min_confidence=2), "--min-confidence"),
+                       (dict(max_windows=0), "--max-windows"), (dict(actors="3,1"), "--actors"),
+                       (dict(gpus_per_actor=-1), "--gpus-per-actor"), (dict(hop_seconds=0), "--hop-seconds")):
+        with pytest.raises(ConfigError, match=option):
+            LabelConfig("/x", "/y", model_dir="/m", **kw)
+    m = LabelConfig("manifest:s3://b/l.csv", "/y", model_dir="/m")
+    assert m.manifest and m.catalog.uri == "s3://b/l.csv" and m.catalog_text == "manifest:s3://b/l.csv"
+    assert m.replace(top_k=2).catalog_text == "manifest:s3://b/l.csv"
+    e = ExtractConfig("/a", "/b", split="0.8,0.1,0.1")
+    assert e.split == (0.8, 0.1, 0.1) and e.input.uri == "/a"
+    for kw, option in ((dict(split="1,2"), "--split"), (dict(group_by="album"), "--group-by"),
+                       (dict(files_per_task=0), "--files-per-task"), (dict(subset="tiny"), "--subset")):
+        with pytest.raises(ConfigError, match=option):
+            ExtractConfig("/a", "/b", **kw)
