@@ -102,7 +102,7 @@ def s3_features(tmp_path, s3_bucket):
     return fs, bucket
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_training_from_s3_never_reads_mel_on_the_driver(ray_local, s3_features, s3_endpoint, tmp_path, monkeypatch):
     """The driver lists the dataset and reads ``_features.json``; every Parquet byte is read by workers."""
     import s3fs

@@ -154,11 +154,16 @@ def train_driver(features: str, *, workers: int, epochs: int, model: str, preset
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        for _ in range(4):  # an overloaded machine may fail to start Ray in time: try again
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if "timed out during startup" not in proc.stderr:
+                break
         line = next((x for x in proc.stdout.splitlines() if x.startswith("DRIVER ")), None)
         if line is None:
             raise RuntimeError(f"mgr train failed: {(proc.stderr or proc.stdout)[-2000:]}")
         res = json.loads(line[len("DRIVER "):])
+        if res["code"] != 0:
+            raise RuntimeError(f"mgr train exited {res['code']}: {proc.stderr[-2000:]}")
         with open(os.path.join(out, "m", "metrics.jsonl")) as fh:
             history = [json.loads(x) for x in fh]
     finally:
