@@ -43,7 +43,12 @@ def _env(**extra) -> dict:
 
 
 def _run(args, *, env, timeout, cwd=ROOT) -> str:
-    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # show what it printed so far
+        partial = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                          for x in (exc.stdout, exc.stderr))
+        pytest.fail(f"{' '.join(args[:4])} ... ran over {timeout} s; its output so far:\n{partial[-4000:]}")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     return out
