@@ -78,7 +78,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> dict[str, Any]:
             bar = Progress("extracted", plan.todo, enabled=progress)
             out.write(plan, work, lambda p: _dataset(p, cfg, fc),
                       on_totals=lambda t: bar.update(files=t["files"], errors=t["errors"], audio_s=t["audio_s"]),
-                      what=f"extraction into {cfg.output.uri}")
+                      what=f"extraction failed while writing {cfg.output.uri}")
             bar.close()
         elapsed = time.time() - started
         check = out.complete()

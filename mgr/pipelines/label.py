@@ -92,7 +92,7 @@ def label_catalog(cfg: LabelConfig, *, log: Callable[[str], None] | None = None,
             totals = out.write(plan, work, lambda p: _dataset(p, cfg, loaded, schema, width, hop),
                                on_totals=lambda t: bar.update(files=t["files"], errors=t["errors"],
                                                               audio_s=t["audio_s"]),
-                               what=f"labeling into {cfg.output.uri}")
+                               what=f"labeling into {cfg.output.uri} failed")
             bar.close()
         seconds = time.perf_counter() - t0
         check = out.complete()

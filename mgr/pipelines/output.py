@@ -255,7 +255,7 @@ class DatasetOutput:
                 return totals
             except Exception as exc:  # noqa: BLE001 - a storage, model or cluster failure, not a file's
                 replan = lost_node(exc) and attempt < MAX_REPLANS
-                message = f"{what} failed: {worker_cause(exc)}; re-run the command to resume"
+                message = f"{what}: {worker_cause(exc)}; re-run the command to resume"
             # The failed dataset's actors keep their CPUs until it is collected (the exception
             # chain would hold it): free them now, then re-plan or fail.
             del ds
@@ -267,7 +267,7 @@ class DatasetOutput:
             plan = self.plan(work, retry_errors=False)
             if plan.todo == 0:
                 return totals
-        raise JobError(f"{what} failed: nodes kept failing; re-run the command to resume")
+        raise JobError(f"{what}: nodes kept failing; re-run the command to resume")
 
 
 def alive_cpus() -> int:
