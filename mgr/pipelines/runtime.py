@@ -184,9 +184,6 @@ def ray_session(
             os.environ.setdefault(key, value)
         # no usage reporting from an embedded Ray (it also saves a helper actor's start-up)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # on a loaded machine the raylet's agent (a Python process) may take more than Ray's
-        # default to come up, and the raylet then dies ("node timed out during startup")
-        os.environ.setdefault("RAY_agent_register_timeout_ms", "60000")
         # "local": always a fresh embedded Ray, never a cluster someone started with
         # `ray start` on this machine (which a bare ray.init() would silently join)
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
