@@ -367,6 +367,7 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tmp_path
     import ray
 
     from mgr.pipelines.train import train
+    from mgr.pipelines.train_config import TrainJobConfig
     from tests.featgen import write_features
 
     feats = str(tmp_path / "feat")
@@ -387,8 +388,8 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tmp_path
 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     killer.start()
-    summary = train(feats, str(out), model="cnn", preset="mgr", workers=2, epochs=10, crop_seconds=1.0,
-                    batch_size=16, model_options={"channels": 32}, max_failures=2)
+    summary = train(TrainJobConfig(feats, str(out), model="cnn", preset="mgr", workers=2, epochs=10, crop_seconds=1.0,
+                                   batch_size=16, model_options={"channels": 32}, max_failures=2))
     killer.join(5)
     text = capfd.readouterr().out
     assert killed, "no Ray Train worker was found to kill"
