@@ -40,7 +40,7 @@ def _history(out):
         return [json.loads(line) for line in fh]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_cnn_trains_to_high_accuracy_and_writes_the_model_dir(cnn_run, features, capsys):
     out, summary = cnn_run
     assert summary["test_accuracy"] >= 0.9
@@ -68,7 +68,7 @@ def test_cnn_trains_to_high_accuracy_and_writes_the_model_dir(cnn_run, features,
     assert "confusion" in text and "genre3" in text and "accuracy" in text
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_rerun_resumes_from_the_latest_checkpoint(cnn_run, features):
     from mgr.pipelines.train import train
 
@@ -101,7 +101,7 @@ def test_mismatched_rerun_and_features_are_clear_errors(cnn_run, features, tmp_p
     assert code == 2 and "learning rate" in capsys.readouterr().err
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_crnn_on_s3_survives_a_killed_worker(ray_local, features, tmp_path, s3_bucket, s3_endpoint, capsys):
     from mgr.pipelines.train import train
 
