@@ -247,3 +247,15 @@ def test_target_accuracy_reads_the_threshold_from_the_models_table(tmp_path, cap
     (model / "report.json").write_text(json.dumps({"calibration": {"coverage": wrong, "split": "test"}}))
     with pytest.raises(ConfigError, match="lower --target-accuracy"):
         min_confidence_for(str(model), 0.9)
+
+
+def test_too_few_tracks_fit_no_temperature():
+    """A handful of tracks, all right, would sharpen without limit: T stays 1 below MIN_FIT_TRACKS."""
+    from mgr.inference.calibration import MIN_FIT_TRACKS
+
+    y = np.arange(4) % 3
+    p = np.full((4, 3), 0.2)
+    p[np.arange(4), y] = 0.6
+    sums = calibration_sums(p, y)
+    assert sums.n < MIN_FIT_TRACKS and fit_temperature(sums) == 1.0
+    assert fit_temperature(sums, min_tracks=1) < 1.0  # what an unguarded fit would store

@@ -22,6 +22,7 @@ from mgr.errors import ConfigError
 __all__ = [
     "TEMPERATURES",
     "FINE_BINS",
+    "MIN_FIT_TRACKS",
     "ECE_BINS",
     "COVERAGE_THRESHOLDS",
     "apply_temperature",
@@ -154,9 +155,14 @@ def calibration_sums(probs: np.ndarray, y: np.ndarray, *, temperatures: Sequence
     return CalibrationSums(n=len(p), nll=nll, hist=hist)
 
 
-def fit_temperature(sums: CalibrationSums) -> float:
-    """The grid temperature of least NLL (1.0 when there is nothing to fit on)."""
-    if sums.n == 0:
+#: fewer labelled tracks than this fit no temperature (T stays 1): a handful of tracks, all
+#: correct, would drive T to the sharpest end of the grid
+MIN_FIT_TRACKS = 20
+
+
+def fit_temperature(sums: CalibrationSums, *, min_tracks: int = MIN_FIT_TRACKS) -> float:
+    """The grid temperature of least NLL; 1.0 when fewer than ``min_tracks`` tracks were summed."""
+    if sums.n < max(min_tracks, 1):
         return 1.0
     return float(TEMPERATURES[int(np.argmin(sums.nll))])
 
