@@ -104,27 +104,35 @@ def test_write_part_is_atomic_and_named_by_content(tmp_path):
     assert errors == {"/x/a.wav": "empty file", "/x/b.wav": None}
 
 
-def test_read_existing_and_marker(tmp_path):
+def test_output_parts_and_marker(tmp_path):
+    """What resume reads of a labels OUTPUT (the planner's reader) and the completion marker."""
+    from mgr.io.location import Location
+    from mgr.pipelines.catalog import read_output_parts
+
     s = labelset.labels_schema(GENRES, model_id="m-1")
     out = str(tmp_path / "labels")
-    assert labelset.read_existing(out).empty
+    assert labelset.list_parts(Location(out)) == ([], [])
     labelset.write_part(labelset.to_table([_row("/x/a.wav", [[0.1, 0.1, 0.8]])], s), out)
     labelset.write_part(labelset.to_table([_row("/x/b.wav", error="bad"), _row("/x/c.wav", [[1, 0, 0]])], s), out)
     (tmp_path / "labels" / ".tmp-123-part-x.parquet").write_bytes(b"half a file")
-    ex = labelset.read_existing(out, clean=True)
-    assert ex.uris == {"/x/a.wav", "/x/b.wav", "/x/c.wav"} and ex.model_ids == {"m-1"}
-    assert ex.errors == 1 and ex.genres == GENRES and len(ex.files) == 2 and ex.marker is None
-    assert not any(n.startswith(".tmp-") for n in os.listdir(out))
+    loc = Location(out)
+    files, tmp = labelset.list_parts(loc)
+    assert len(files) == 2 and [p.rsplit("/", 1)[-1] for p in tmp] == [".tmp-123-part-x.parquet"]
+    keys, stats = read_output_parts(loc.fs, files, columns=("uri", "model_id", "error"), retry_errors=False,
+                                    remove_unreadable=False)
+    assert set(keys.column("uri").to_pylist()) == {"/x/a.wav", "/x/b.wav", "/x/c.wav"}
+    assert stats["model_ids"] == {"m-1"} and stats["errors"] == 1 and stats["genres"] == GENRES
     labelset.write_marker(out, {"model_id": "m-1", "counts": {"files": 3}})
     assert labelset.read_marker(out)["counts"]["files"] == 3
     assert pq.read_table(out).num_rows == 3  # the marker does not disturb readers
     (tmp_path / "labels" / "part-junk.parquet").write_text("not parquet")
+    files, _ = labelset.list_parts(loc)
     with pytest.raises(StorageError, match="part-junk"):
-        labelset.read_existing(out)
+        read_output_parts(loc.fs, files, columns=("uri", "error"), retry_errors=False, remove_unreadable=False)
     with open(tmp_path / "f.txt", "w") as fh:
         json.dump({}, fh)
     with pytest.raises(StorageError, match="is a file"):
-        labelset.read_existing(str(tmp_path / "f.txt"))
+        labelset.list_parts(Location(str(tmp_path / "f.txt")))
 
 
 def test_labelset_imports_no_ray():

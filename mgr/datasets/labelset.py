@@ -1,5 +1,6 @@
-"""The labels dataset: its Parquet schema, track results from window distributions, and
-reading an existing OUTPUT for resume (pure pyarrow/numpy, no Ray).
+"""The labels dataset: its Parquet schema, track results from window distributions and the
+completion marker (pure pyarrow/numpy, no Ray). What an OUTPUT already holds is read by the
+labeling job's planner (:func:`mgr.pipelines.catalog.read_output_parts`), never here.
 
 A labels dataset is a folder of ``part-*.parquet`` files (one schema across all of them,
 the genre vocabulary and the model id in the schema metadata) plus ``_SUCCESS.json``
@@ -36,8 +37,6 @@ __all__ = [
     "error_result",
     "to_table",
     "segment_times",
-    "ExistingOutput",
-    "read_existing",
     "read_marker",
     "write_marker",
     "write_part",
@@ -217,82 +216,6 @@ def to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows (dicts with the schema's columns; missing ones null) → a table of ``schema``."""
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
     return pa.Table.from_pydict(cols, schema=schema)
-
-
-class ExistingOutput:
-    """What an OUTPUT folder already holds: labeled uris, model ids, vocabulary, files."""
-
-    def __init__(self, uris: set[str], model_ids: set[str], genres: list[str], files: list[str],
-                 errors: int, marker: dict[str, Any] | None, retryable: dict[str, list[str]] | None = None) -> None:
-        self.uris, self.model_ids, self.genres, self.files = uris, model_ids, genres, files
-        self.errors, self.marker = errors, marker
-        #: part file → uris of its rows whose error may pass on a retry
-        self.retryable = retryable or {}
-        #: column names of the existing files (empty when there are none)
-        self.columns: list[str] = []
-
-    @property
-    def empty(self) -> bool:
-        return not self.files and self.marker is None
-
-
-def read_existing(where: Location | str, *, endpoint_url: str | None = None, clean: bool = False) -> ExistingOutput:
-    """Read the ``uri``/``model_id``/``error`` columns of a (small) OUTPUT into Python sets.
-
-    For inspection and tests: the labeling job itself never does this (it plans with a
-    distributed anti-join, :mod:`mgr.pipelines.output`).
-
-    Parameters
-    ----------
-    where : Location or str
-        Labels folder, local or ``s3://``.
-    clean : bool
-        Delete temporary files an interrupted run left behind.
-
-    Raises
-    ------
-    StorageError
-        The folder cannot be listed or a data file cannot be read.
-    """
-    import pyarrow.parquet as pq
-
-    loc = Location.of(where, endpoint_url=endpoint_url)
-    fs, uri = loc.fs, loc.uri
-    try:
-        files, tmp = list_parts(loc)
-        if clean:
-            for p in tmp:
-                fs.rm(p)
-    except OSError as exc:
-        raise StorageError(f"cannot list OUTPUT {uri}: {exc}") from None
-    uris: set[str] = set()
-    model_ids: set[str] = set()
-    genres: list[str] = []
-    errors = 0
-    retryable: dict[str, list[str]] = {}
-    columns: list[str] = []
-    for p in files:
-        try:
-            with fs.open(p, "rb") as fh:
-                pf = pq.ParquetFile(fh)
-                genres = genres or genres_of(pf.schema_arrow)
-                columns = columns or list(pf.schema_arrow.names)
-                t = pf.read(columns=["uri", "model_id", "error"])
-        except (OSError, pa.ArrowInvalid, KeyError) as exc:
-            raise StorageError(
-                f"{uri} holds {p.rsplit('/', 1)[-1]}, which is not a readable labels file ({exc}); "
-                "remove it or use --overwrite"
-            ) from None
-        uris.update(t.column("uri").to_pylist())
-        model_ids.update(m for m in t.column("model_id").unique().to_pylist() if m is not None)
-        errors += t.num_rows - t.column("error").null_count
-        again = [u for u, e in zip(t.column("uri").to_pylist(), t.column("error").to_pylist())
-                 if e is not None and e.startswith(RETRYABLE_PREFIX)]
-        if again:
-            retryable[p] = again
-    out = ExistingOutput(uris, model_ids, genres, files, errors, read_marker(loc), retryable)
-    out.columns = columns
-    return out
 
 
 def read_marker(where: Location | str, *, endpoint_url: str | None = None) -> dict[str, Any] | None:
