@@ -11,6 +11,7 @@ A features dataset is a folder of Parquet files plus ``_features.json`` (the
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "MANIFEST_NAME",
     "encode_mel",
     "decode_mel",
+    "parquet_files",
     "read_table",
     "read_manifest",
     "write_manifest",
@@ -63,18 +65,26 @@ def decode_mel(buf: bytes, n_mels: int, n_frames: int) -> np.ndarray:
     return np.frombuffer(buf, dtype="<f2").reshape(int(n_mels), int(n_frames))
 
 
-def _parquet_files(where: Location | str, *, endpoint_url: str | None) -> tuple[Any, list[str]]:
+def parquet_files(where: Location | str, *, endpoint_url: str | None = None) -> list[str]:
+    """The Parquet files of a features dataset (paths as its filesystem knows them), sorted.
+
+    Names starting with ``_`` or ``.`` (markers, unfinished writes) are skipped, as pyarrow's
+    dataset discovery does.
+
+    Raises
+    ------
+    StorageError
+        The dataset does not exist, cannot be listed or holds no Parquet file.
+    """
     loc = Location.of(where, endpoint_url=endpoint_url)
-    uri, fs, path = loc.uri, loc.fs, loc.path
-    try:
-        if not fs.exists(path):
-            raise StorageError(f"features dataset {uri} does not exist")
-        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-    except OSError as exc:
-        raise StorageError(f"cannot list {uri}: {exc}") from None
+    if not loc.exists():
+        raise StorageError(f"features dataset {loc.uri} does not exist", retryable=False)
+    files = sorted(p for p in loc.files() if p.endswith(".parquet")
+                   and not posixpath.basename(p).startswith(("_", ".")))
     if not files:
-        raise StorageError(f"{uri} holds no Parquet files: is it the OUTPUT of `mgr extract`?")
-    return fs, files
+        raise StorageError(f"{loc.uri} holds no Parquet files: is it the OUTPUT of `mgr extract`?",
+                           retryable=False)
+    return files
 
 
 def read_table(
@@ -103,8 +113,8 @@ def read_table(
     """
     import pyarrow.dataset as ds
 
-    fs, files = _parquet_files(uri, endpoint_url=endpoint_url)
-    dataset = ds.dataset(files, filesystem=fs, format="parquet", schema=SCHEMA)
+    loc = Location.of(uri, endpoint_url=endpoint_url)
+    dataset = ds.dataset(parquet_files(loc), filesystem=loc.fs, format="parquet", schema=SCHEMA)
     expr = None
     if splits is not None:
         expr = ds.field("split").isin(list(splits))

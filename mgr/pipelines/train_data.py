@@ -13,13 +13,12 @@ partial sums of the normalisation (:func:`band_statistics`).
 
 from __future__ import annotations
 
-import posixpath
 from typing import Sequence
 
 import numpy as np
 import ray.train
 
-from mgr.datasets.featureset import decode_mels
+from mgr.datasets.featureset import decode_mels, parquet_files
 from mgr.datasets.sources.split import SplitRule
 from mgr.errors import ConfigError
 from mgr.io.location import Location
@@ -54,21 +53,6 @@ def _ray_data():
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return ray.data
-
-
-def parquet_files(features: Location) -> list[str]:
-    """The Parquet files of a features dataset (paths as its filesystem knows them).
-
-    Names starting with ``_`` or ``.`` are skipped, as pyarrow's dataset discovery does.
-    """
-    from mgr.errors import StorageError
-
-    files = sorted(p for p in features.files() if p.endswith(".parquet")
-                   and not posixpath.basename(p).startswith(("_", ".")))
-    if not files:
-        raise StorageError(f"{features.uri} holds no Parquet files: is it the OUTPUT of `mgr extract`?",
-                           retryable=False)
-    return files
 
 
 def _scan_filter(split: str | None, rule: SplitRule | None):
