@@ -16,6 +16,7 @@ so an unfinished write (``.tmp-*``) is never read as data.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "UNKNOWN",
     "RETRYABLE_PREFIX",
     "MARKER_NAME",
+    "error_class",
     "labels_schema",
     "genres_of",
     "track_result",
@@ -81,6 +83,21 @@ RETRYABLE_PREFIX = "storage: "
 
 #: ``genre`` of a track whose top probability is below ``--min-confidence``
 UNKNOWN = "unknown"
+
+
+def error_class(message: str) -> str:
+    """The kind of an ``error`` message, without its file-specific details (summaries, reports).
+
+    ``"not decodable audio (Format not recognised)"`` → ``"not decodable audio"``;
+    ``"storage: cannot read file: ..."`` → ``"storage: cannot read file"``; digits become ``N``.
+    """
+    msg = (message or "").strip()
+    prefix = ""
+    if msg.startswith(RETRYABLE_PREFIX):
+        prefix, msg = RETRYABLE_PREFIX, msg[len(RETRYABLE_PREFIX):]
+    head = re.split(r" \(|: |\n", msg, maxsplit=1)[0].strip() or "error"
+    head = re.sub(r"\d+", "N", head)
+    return (prefix + head)[:80]
 
 
 def labels_schema(genres: Sequence[str], *, model_id: str, extra_columns: Sequence[str] = ()) -> pa.Schema:

@@ -24,15 +24,10 @@ from mgr.datasets.labelset import RETRYABLE_PREFIX
 from mgr.io.location import AUDIO_EXTENSIONS, Location
 
 __all__ = ["KEY", "partition_ids", "split_table", "list_tree", "read_manifest_files", "read_output_parts",
-           "error_kind", "RETRYABLE_PREFIX"]
+           "RETRYABLE_PREFIX"]
 
 KEY = "uri"
 
-
-
-def error_kind(message: str) -> str:
-    """A short class of an error message for summaries: the text before any detail."""
-    return message.split(" (", 1)[0].split(":", 1)[0].strip()
 
 
 def partition_ids(keys: pa.Array | pa.ChunkedArray, n_parts: int) -> np.ndarray:

@@ -26,12 +26,13 @@ from mgr.datasets.sources.split import assign_splits
 from mgr.errors import JobError, LabelSourceError, StorageError
 from mgr.io.location import AUDIO_EXTENSIONS
 from mgr.io.parts import write_part
-from mgr.pipelines.catalog import counter, error_kind
+from mgr.datasets.labelset import error_class
+from mgr.pipelines.catalog import counter
 from mgr.pipelines.catalog_config import ExtractConfig
 from mgr.pipelines.output import DatasetOutput, Listing, Plan, Tables, alive_cpus, map_batches, no_restarts, totals_row
 from mgr.pipelines.progress import Progress
 
-__all__ = ["extract", "error_kind", "ExtractConfig"]
+__all__ = ["extract", "ExtractConfig"]
 
 #: the columns of a work record (one per input file)
 RECORD_SCHEMA = pa.schema([(n, pa.string()) for n in ("uri", "track_id", "label", "split", "artist", "error")])
@@ -172,7 +173,7 @@ def extract_totals(table: pa.Table) -> dict[str, Any]:
     ok = table.filter(pc.is_null(err))
     return {"files": table.num_rows, "errors": table.num_rows - ok.num_rows,
             "audio_s": float(pc.sum(ok.column("duration_s")).as_py() or 0.0),
-            "error_kinds": counter(error_kind(e) for e in err.drop_null().to_pylist())}
+            "error_kinds": counter(error_class(e) for e in err.drop_null().to_pylist())}
 
 
 def _dataset(plan: Plan, cfg: ExtractConfig, fc):
@@ -212,7 +213,7 @@ def features_summary(table: pa.Table) -> dict[str, Any]:
     return {"files": table.num_rows, "ok": ok.num_rows, "errors": table.num_rows - ok.num_rows,
             "unlabeled": sum(1 for g in labels if g is None), "genres": {g for g in labels if g is not None},
             "by_label": counter(labels), "by_split_label": by_split_label,
-            "errors_by_kind": counter(error_kind(e) for e in err.drop_null().to_pylist()),
+            "errors_by_kind": counter(error_class(e) for e in err.drop_null().to_pylist()),
             "audio_s": float(pc.sum(ok.column("duration_s")).as_py() or 0.0)}
 
 

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from mgr.datasets import labelset
 from mgr.errors import ConfigError, JobError, LabelSourceError, StorageError
 from mgr.inference.predict import window_geometry
-from mgr.pipelines.catalog import audio_rows, error_kind
+from mgr.pipelines.catalog import audio_rows, counter
 from mgr.pipelines.catalog_config import LabelConfig, parse_actors
 from mgr.pipelines.output import (DatasetOutput, Listing, Manifest, Plan, alive_cpus, map_batches, no_restarts,
                                   totals_row)
@@ -99,7 +99,7 @@ def label_catalog(cfg: LabelConfig, *, log: Callable[[str], None] | None = None,
         summary = _summary(cfg, loaded, plan, totals, check, seconds, width, hop, before)
         if summary["complete"]:
             out.write_marker({**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            # (issue 16) the run's report goes here: OUTPUT/_report/, from mgr.pipelines.report
+            # the run's report: OUTPUT/_report/ (mgr.pipelines.report)
             _write_report(cfg, summary)
     return summary
 
@@ -150,12 +150,10 @@ def label_totals(table: pa.Table) -> dict[str, Any]:
     ok = table.filter(pc.is_null(err))
     bad = table.filter(pc.is_valid(err))
     genres = pc.value_counts(ok.column("genre")).to_pylist() if ok.num_rows else []
-    kinds: dict[str, int] = {}
-    for e in bad.column("error").to_pylist():
-        kinds[error_kind(e)] = kinds.get(error_kind(e), 0) + 1
     totals = {"files": table.num_rows, "errors": bad.num_rows,
               "genres": {g["values"]: g["counts"] for g in genres if g["values"] is not None},
-              "error_kinds": kinds, "audio_s": float(pc.sum(ok.column("duration_s")).as_py() or 0.0),
+              "error_kinds": counter(labelset.error_class(e) for e in bad.column("error").to_pylist()),
+              "audio_s": float(pc.sum(ok.column("duration_s")).as_py() or 0.0),
               "decoded_s": float(pc.sum(ok.column("decoded_s")).as_py() or 0.0),
               "error_examples": [f"{u}: {e}" for u, e in zip(bad.column("uri").slice(0, 3).to_pylist(),
                                                              bad.column("error").slice(0, 3).to_pylist())],

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mgr.datasets.labelset import error_class
 from mgr.reporting import html, plots
 
 __all__ = ["COLUMNS", "CONF_BINS", "EXAMPLES", "MAX_CLASSES", "UNKNOWN", "REVIEW_COLUMNS", "error_class", "empty_aggregate",
@@ -35,24 +35,6 @@ MAX_CLASSES = 40
 #: ``genre`` of a track below ``--min-confidence`` (mgr.datasets.labelset.UNKNOWN)
 UNKNOWN = "unknown"
 REVIEW_COLUMNS = ("confidence", "uri", "track_id", "genre", "top_genres", "top_probs", "duration_s")
-
-_RETRYABLE = "storage: "
-
-
-def error_class(message: str) -> str:
-    """The kind of an ``error`` message, without its file-specific details.
-
-    ``"not decodable audio (Format not recognised)"`` → ``"not decodable audio"``;
-    ``"storage: cannot read file: ..."`` → ``"storage: cannot read file"``; digits become ``N``.
-    """
-    msg = (message or "").strip()
-    prefix = ""
-    if msg.startswith(_RETRYABLE):
-        prefix, msg = _RETRYABLE, msg[len(_RETRYABLE):]
-    head = re.split(r" \(|: |\n", msg, maxsplit=1)[0].strip() or "error"
-    head = re.sub(r"\d+", "N", head)
-    return (prefix + head)[:80]
-
 
 def empty_aggregate() -> dict[str, Any]:
     """The aggregate of no rows."""
