@@ -229,7 +229,7 @@ def test_mgr_calibrate_writes_a_new_calibrated_model_and_never_touches_the_old(r
 def test_target_accuracy_reads_the_threshold_from_the_models_table(tmp_path, capsys):
     import json
 
-    from mgr.commands.calibrate import min_confidence_for
+    from mgr.pipelines.calibrate import min_confidence_for
 
     model = tmp_path / "model"
     model.mkdir()

@@ -69,14 +69,15 @@ def register(sub) -> None:
 
 def config(args: argparse.Namespace):
     """The :class:`~mgr.pipelines.catalog_config.LabelConfig` of the command line."""
-    from mgr.commands.calibrate import min_confidence_for
+    from mgr.pipelines.calibrate import min_confidence_for
     from mgr.pipelines.catalog_config import LabelConfig
     from mgr.registry import resolve_model
 
+    model_dir = resolve_model(args.model)
     return LabelConfig(
         catalog=args.catalog,
         output=args.output,
-        model_dir=resolve_model(args.model),
+        model_dir=model_dir,
         window_seconds=args.window_seconds,
         hop_seconds=args.hop_seconds,
         top_k=args.top_k,
@@ -87,7 +88,7 @@ def config(args: argparse.Namespace):
         per_step=args.per_step,
         max_windows=args.max_windows,
         min_confidence=args.min_confidence if args.target_accuracy is None else
-        min_confidence_for(args.model, args.target_accuracy, endpoint_url=args.endpoint_url),
+        min_confidence_for(model_dir, args.target_accuracy, endpoint_url=args.endpoint_url),
         retry_errors=args.retry_errors,
         overwrite=args.overwrite,
         max_seconds=args.max_seconds,

@@ -28,7 +28,7 @@ from mgr.io.location import Location
 from mgr.models.modeldir import LoadedModel, load_model_dir
 from mgr.training.engine import metrics_from_confusion
 
-__all__ = ["SCORE_CPUS", "evaluate", "score_split", "split_calibration_sums", "check_compatible",
+__all__ = ["SCORE_CPUS", "evaluate", "score_split", "check_compatible",
            "format_report"]
 
 #: feature settings that must agree between a model and the features it reads
@@ -181,22 +181,6 @@ def score_split(model: Location | str, features: Location | str, *, split: str =
                        "run the command again")
     total.update(loaded=loaded, width=width, hop=hop)
     return total
-
-
-def split_calibration_sums(model: Location | str, features: Location | str, *, split: str = "val",
-                           temperatures: Sequence[float] = (1.0,), endpoint_url: str | None = None,
-                           workers: int = 2, use_gpu: bool = False) -> CalibrationSums:
-    """Calibration sums of a model's uncalibrated track distributions on ``split`` (for ``mgr calibrate``).
-
-    ``fit_temperature`` of the result is the temperature to store; ``hist`` holds the
-    confidence histograms at each of ``temperatures``. Starts a local Ray when none is running.
-    """
-    from mgr.pipelines.runtime import ray_session
-
-    model = Location.of(model, endpoint_url=endpoint_url)
-    with ray_session(endpoint_url=model.endpoint_url):
-        return score_split(model, features, split=split, temperatures=temperatures, endpoint_url=endpoint_url,
-                           workers=workers, use_gpu=use_gpu)["calibration"]
 
 
 def evaluate(model_dir: Location | str, features: Location | str, *, split: str = "test",
