@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mgr.inference.predict import predict_tracks
-from mgr.training import engine
+from mgr.training import arrays, engine
 from mgr.config import PRESETS, FeatureConfig
 from mgr.errors import ConfigError
 from mgr.models import build_model
@@ -54,25 +54,25 @@ def test_crop_batch_random_crops_and_padding():
     rng = np.random.default_rng(0)
     long = np.arange(4 * 50, dtype=np.float16).reshape(4, 50)
     short = np.ones((4, 10), np.float16)
-    out = engine.crop_batch([long, short], width=20, pad=-13.8, rng=rng)
+    out = arrays.crop_batch([long, short], width=20, pad=-13.8, rng=rng)
     assert out.shape == (2, 4, 20) and out.dtype == np.float32
     start = int(out[0, 0, 0])
     assert 0 <= start <= 30 and np.array_equal(out[0], long[:, start:start + 20])
     assert np.all(out[1, :, :10] == 1) and np.allclose(out[1, :, 10:], -13.8)
-    first = engine.crop_batch([long], width=20, pad=0.0)
+    first = arrays.crop_batch([long], width=20, pad=0.0)
     assert np.array_equal(first[0], long[:, :20])
-    starts = {int(engine.crop_batch([long], width=20, pad=0, rng=rng)[0, 0, 0]) for _ in range(30)}
+    starts = {int(arrays.crop_batch([long], width=20, pad=0, rng=rng)[0, 0, 0]) for _ in range(30)}
     assert len(starts) > 5
 
 
 def test_band_stats_match_numpy():
     rng = np.random.default_rng(1)
     mels = [rng.normal(i, 2.0, size=(3, 20 + 7 * i)).astype(np.float16) for i in range(4)]
-    mean, std = engine.band_stats(mels, n_mels=3)
+    mean, std = arrays.band_stats(mels, n_mels=3)
     allf = np.concatenate([m.astype(np.float64) for m in mels], axis=1)
     assert np.allclose(mean, allf.mean(1)) and np.allclose(std, allf.std(1))
     with pytest.raises(ConfigError):
-        engine.band_stats([], n_mels=3)
+        arrays.band_stats([], n_mels=3)
 
 
 def test_predict_tracks_is_the_mean_of_window_distributions():
@@ -119,11 +119,11 @@ def _fit(arch, seed=0, epochs=10):
     model = build_model(arch, **recipe.model_config(n_classes=3, n_mels=16))
     opt = engine.make_optimizer(model, recipe)
     mels, y = _data(20, seed=1)
-    mean, std = engine.band_stats(mels, n_mels=16)
+    mean, std = arrays.band_stats(mels, n_mels=16)
     rng = np.random.default_rng(seed)
     dev = engine.device_for(False)
     for epoch in range(epochs):
-        stats = engine.train_epoch(model, engine.iter_batches(mels, y, batch_size=16, width=recipe.window_frames,
+        stats = engine.train_epoch(model, arrays.iter_batches(mels, y, batch_size=16, width=recipe.window_frames,
                                                               pad=-13.8, rng=rng),
                                    optimizer=opt, recipe=recipe, epoch=epoch, steps_per_epoch=4, device=dev,
                                    mean=mean, std=std)

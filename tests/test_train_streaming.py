@@ -13,7 +13,7 @@ import pytest
 from mgr.datasets.featureset import read_table, to_arrays
 from mgr.datasets.sources.split import SplitRule, assign_splits
 from mgr.io.location import Location
-from mgr.training.engine import band_stats
+from mgr.training.arrays import band_stats
 from tests.featgen import write_features
 
 TINY = {"channels": 16, "hidden": 16}

@@ -189,7 +189,8 @@ def _fit(plan: Plan) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from mgr.pipelines.train_data import ExactDataConfig, train_stream, val_stream
+    from mgr.pipelines.train_data import train_stream, val_stream
+    from mgr.pipelines.train_shards import ExactDataConfig
     from mgr.pipelines.train_loop import load_state, train_loop_per_worker
 
     c, recipe = plan.config, plan.recipe

@@ -16,16 +16,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import ray.train
 
 from mgr.datasets.featureset import decode_mels, parquet_files
 from mgr.datasets.sources.split import SplitRule
 from mgr.errors import ConfigError
 from mgr.io.location import Location
-from mgr.training.engine import band_stats_from_sums
+from mgr.training.arrays import band_stats_from_sums, crop_batch
 
-__all__ = ["INGEST_CPUS", "split_rule", "read_split", "split_summary", "band_statistics", "train_stream", "val_stream",
-           "ExactDataConfig"]
+__all__ = ["INGEST_CPUS", "split_rule", "read_split", "split_summary", "band_statistics", "train_stream",
+           "val_stream"]
 
 #: CPUs of each read / decode task (fractional: the ingest shares the machine with the trainers)
 INGEST_CPUS = 0.25
@@ -199,7 +198,7 @@ def band_statistics(features: Location, *, n_mels: int, rule: SplitRule | None =
     Returns
     -------
     (np.ndarray, np.ndarray)
-        ``[n_mels]`` float64 mean and std, as :func:`mgr.training.engine.band_stats` gives them.
+        ``[n_mels]`` float64 mean and std, as :func:`mgr.training.arrays.band_stats` gives them.
     """
     ds = read_split(features, "train", columns=["n_mels", "n_frames", "mel"], rule=rule)
     sums = ds.map_batches(_partial_sums, batch_format="pyarrow", batch_size=None, num_cpus=INGEST_CPUS,
@@ -229,8 +228,6 @@ class _Targets:
 
     def windows(self, batch) -> dict:
         """``{"x": [B, n_mels, W] float16, "y": [B] int64}``."""
-        from mgr.training.engine import crop_batch
-
         mels = decode_mels(batch.column("mel"), batch.column("n_mels"), batch.column("n_frames"))
         rng = np.random.default_rng() if self.crop else None
         x = crop_batch(mels, width=self.width, pad=self.pad, rng=rng, dtype=np.float16)
@@ -261,32 +258,3 @@ def val_stream(features: Location, split: str, *, genres: Sequence[str], rule: S
     """Whole tracks of ``split`` (``mel``, ``n_mels``, ``n_frames``, ``y``) for window voting."""
     ds = read_split(features, split, columns=["label", "n_mels", "n_frames", "mel"], rule=rule)
     return ds.map_batches(_Targets(genres).tracks, batch_format="pyarrow", num_cpus=INGEST_CPUS)
-
-
-class ExactDataConfig(ray.train.DataConfig):
-    """Split ``equal`` datasets in equal shards (DDP steps stay in lockstep) and ``exact``
-    ones without dropping a row (every val row scored exactly once).
-
-    Ray's default split is ``equal=True`` for every split dataset, which drops remainder rows.
-    """
-
-    def __init__(self, *, equal: Sequence[str], exact: Sequence[str]):
-        super().__init__(datasets_to_split=list(equal) + list(exact))
-        self._equal, self._exact = tuple(equal), tuple(exact)
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = [{} for _ in range(world_size)]
-        hints = worker_node_ids if self._enable_shard_locality else None
-        for name, ds in datasets.items():
-            if ds.name is None:
-                ds.set_name(name)
-            ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            if name in self._equal or name in self._exact:
-                parts = ds.streaming_split(world_size, equal=name in self._equal, locality_hints=hints)
-                for i, part in enumerate(parts):
-                    output[i][name] = part
-            else:
-                for i in range(world_size):
-                    output[i][name] = ds.iterator()
-        return output

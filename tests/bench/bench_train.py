@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mgr.inference.predict import predict_tracks
-from mgr.training import engine  # noqa: E402
+from mgr.training import arrays, engine  # noqa: E402
 from mgr.audio.features import pad_value  # noqa: E402
 from mgr.datasets.featureset import feature_config, read_manifest, to_arrays  # noqa: E402
 from mgr.models import build_model  # noqa: E402
@@ -60,7 +60,7 @@ def plain_loop(features: str, *, model: str, preset: str, epochs: int, threads: 
     y = np.array([index[lab] for lab in train_t.column("label").to_pylist()])
     y_val = np.array([index[lab] for lab in val_t.column("label").to_pylist()])
     mels, val_mels = to_arrays(train_t), to_arrays(val_t)
-    mean, std = engine.band_stats(mels, n_mels=fcfg.n_mels)
+    mean, std = arrays.band_stats(mels, n_mels=fcfg.n_mels)
     dev = torch.device(device)
     engine.set_seed(0)
     net = build_model(model, **recipe.model_config(n_classes=len(genres), n_mels=fcfg.n_mels)).to(dev)
@@ -72,7 +72,7 @@ def plain_loop(features: str, *, model: str, preset: str, epochs: int, threads: 
     for epoch in range(epochs):
         rng = np.random.default_rng([0, epoch])
         t0 = time.perf_counter()
-        batches = engine.iter_batches(mels, y, batch_size=recipe.batch_size, width=recipe.window_frames, pad=pad,
+        batches = arrays.iter_batches(mels, y, batch_size=recipe.batch_size, width=recipe.window_frames, pad=pad,
                                       rng=rng, random_crop=recipe.crop)
         engine.train_epoch(net, batches,
                            optimizer=opt, recipe=recipe, epoch=epoch, steps_per_epoch=steps, device=dev,
