@@ -14,7 +14,7 @@ import pytest
 
 from mgr.datasets import labelset
 
-from mgr.io import storage
+from mgr.io.location import local_path
 from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
 from mgr.pipelines.extract import extract
 from mgr.datasets.featureset import MANIFEST_NAME, read_manifest
@@ -38,7 +38,7 @@ def corpus(tmp_path_factory):
 def _by_rel(rows, cat) -> dict:
     out = {}
     for r in rows:
-        rel = os.path.relpath(storage.local_path(r["uri"]), cat)
+        rel = os.path.relpath(local_path(r["uri"]), cat)
         assert rel not in out, f"{rel} appears twice"
         out[rel] = r
     return out
@@ -102,7 +102,7 @@ def test_bad_corpus_extract_and_label(ray_local, corpus, tmp_path):
     (row,) = pq.read_table(str(tmp_path / "labels-names")).to_pylist()
     assert row["error"] is None and row["decoded_s"] < 40 < row["duration_s"] and s2["run"]["files"] == 1
     assert os.path.exists(os.path.join(os.fsencode(str(names)), NON_UTF8_NAME))
-    assert "%E9" in row["uri"] and storage.local_path(row["uri"]).encode("utf-8", "surrogateescape").endswith(NON_UTF8_NAME)
+    assert "%E9" in row["uri"] and local_path(row["uri"]).encode("utf-8", "surrogateescape").endswith(NON_UTF8_NAME)
 
     # crafted names ("..%2F..%2Fevil.wav", very long ones) never place a file outside OUTPUT
     _new_files_stay_inside(before, snapshot(root) | snapshot(tmp_path),

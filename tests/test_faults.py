@@ -18,7 +18,7 @@ import pytest
 
 from mgr.datasets import labelset
 
-from mgr.io import storage
+from mgr.io.location import LOCK_NAME
 from mgr.cli import main as cli_main
 from mgr.errors import JobError, MgrError
 from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
@@ -126,7 +126,7 @@ def test_s3_permanent_write_failure_extract_is_a_clear_failure_never_complete(ra
     _permanent_write_failure(fs, bucket, s3_endpoint, capsys,
                              ["extract", f"s3://{bucket}/cat", f"s3://{bucket}/feat"], "extraction failed while writing")
     # nothing claims to be complete, and the lock was released
-    for name in (f"feat/{MANIFEST_NAME}", f"feat/{storage.LOCK_NAME}"):
+    for name in (f"feat/{MANIFEST_NAME}", f"feat/{LOCK_NAME}"):
         assert not fs.exists(f"{bucket}/{name}"), name
 
 
@@ -138,7 +138,7 @@ def test_s3_permanent_write_failure_label_is_a_clear_failure_never_complete(ray_
     model = model_dir(tmp_path / "model")
     _permanent_write_failure(fs, bucket, s3_endpoint, capsys,
                              ["label", f"s3://{bucket}/cat", f"s3://{bucket}/labels", "--model", model], "labeling into")
-    for name in (f"labels/{labelset.MARKER_NAME}", f"labels/{storage.LOCK_NAME}"):
+    for name in (f"labels/{labelset.MARKER_NAME}", f"labels/{LOCK_NAME}"):
         assert not fs.exists(f"{bucket}/{name}"), name
 
 
@@ -160,7 +160,7 @@ def test_sigint_to_mgr_extract_then_rerun_finishes_without_redoing(ray_local, so
     assert started, err[-2000:]
     assert proc.returncode == 130 and "interrupted; re-run the same command to resume" in err, err[-2000:]
     assert not os.path.exists(os.path.join(out, MANIFEST_NAME))  # never reported complete
-    assert not os.path.exists(os.path.join(out, storage.LOCK_NAME))
+    assert not os.path.exists(os.path.join(out, LOCK_NAME))
     kept = {p: os.stat(os.path.join(out, p)).st_mtime_ns for p in _parts(out)}
     done = pq.read_table(out, columns=["uri"]).num_rows
     assert 0 < done < N_SONGS, "the interrupt came after the end: nothing to resume"
@@ -204,11 +204,11 @@ def test_sigint_to_label_then_rerun_and_a_second_run_is_refused(ray_local, songs
     assert started, err[-2000:]
     assert proc.returncode == 130, err[-2000:]
     assert not os.path.exists(os.path.join(out, labelset.MARKER_NAME))
-    assert not os.path.exists(os.path.join(out, storage.LOCK_NAME))
+    assert not os.path.exists(os.path.join(out, LOCK_NAME))
     done = pq.read_table(out, columns=["uri"]).num_rows
     assert 0 < done < N_SONGS, "the interrupt came after the end: nothing to resume"
 
-    lock = os.path.join(out, storage.LOCK_NAME)
+    lock = os.path.join(out, LOCK_NAME)
     with open(lock, "w") as fh:  # a run on another machine holds OUTPUT: refused
         json.dump({"host": "other-host", "pid": 1, "command": "mgr label", "started": "x"}, fh)
     with pytest.raises(JobError, match="other-host"):

@@ -11,7 +11,7 @@ import re
 
 import pandas as pd
 
-from mgr.io import storage
+from mgr.io.location import Location
 from mgr.errors import LabelSourceError, StorageError
 
 __all__ = ["SUBSETS", "read_tracks", "fma_records", "FMA_SPLITS"]
@@ -36,7 +36,7 @@ def read_tracks(path: str, *, endpoint_url: str | None = None) -> pd.DataFrame:
         The file is missing, unreadable, or lacks the columns FMA's tracks.csv has.
     """
     try:
-        raw = storage.read_bytes(path, endpoint_url=endpoint_url)
+        raw = Location.of(path, endpoint_url=endpoint_url).read_bytes()
     except StorageError as exc:
         raise LabelSourceError(f"cannot read FMA tracks.csv: {exc}") from None
     try:

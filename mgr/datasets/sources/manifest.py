@@ -11,7 +11,7 @@ import io
 
 import pandas as pd
 
-from mgr.io import storage
+from mgr.io.location import Location
 from mgr.errors import LabelSourceError, StorageError
 from mgr.datasets.sources import track_id_from_uri
 
@@ -29,7 +29,7 @@ def read_manifest(path: str, *, endpoint_url: str | None = None) -> pd.DataFrame
         Missing file, unknown format, missing columns or unknown split names.
     """
     try:
-        raw = storage.read_bytes(path, endpoint_url=endpoint_url)
+        raw = Location.of(path, endpoint_url=endpoint_url).read_bytes()
     except StorageError as exc:
         raise LabelSourceError(f"cannot read manifest: {exc}") from None
     try:
@@ -77,7 +77,7 @@ def manifest_records(uris: list[str], manifest: pd.DataFrame, *, input_uri: str 
     for key, row in rows.items():
         if key in seen:
             continue
-        uri = key if ("://" in key or key.startswith("/")) else storage.join(input_uri, key)
+        uri = key if ("://" in key or key.startswith("/")) else Location(input_uri).join(key).uri
         rec = {"uri": uri, "track_id": track_id_from_uri(uri), "label": None, "split": None, "artist": None}
         rec.update(_fields(row))
         rec["error"] = "listed in the manifest but not found under INPUT"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mgr.io import storage
+from mgr.io.location import Location
 from mgr.errors import ConfigError, ModelError, StorageError
 from mgr.interop.keras.graph import (FILTERS, KERNEL, PAPER_MODEL2, graph_from_config, infer_graph,
                              parse_architecture, recognize)
@@ -118,11 +118,10 @@ def _architecture(f, uri: str, *, config_text: str | None, config_origin: str,
     for suffix in _SIDECARS:
         cand = stem + suffix
         try:
-            fs, path = storage.filesystem(cand, endpoint_url=endpoint_url)
-            if not fs.isfile(path):
+            where = Location.of(cand, endpoint_url=endpoint_url)
+            if not where.fs.isfile(where.path):
                 continue
-            with fs.open(path, "rb") as fh:
-                text = fh.read().decode("utf8", errors="replace")
+            text = where.read_bytes().decode("utf8", errors="replace")
         except (OSError, StorageError):
             continue
         name = posixpath.basename(cand)
@@ -251,9 +250,9 @@ def parse_genres(text: str | None, *, n_classes: int) -> list[str]:
 
 
 def _read(uri: str, *, endpoint_url: str | None, what: str) -> bytes:
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    where = Location.of(uri, endpoint_url=endpoint_url)
     try:
-        with fs.open(path, "rb") as fh:
+        with where.fs.open(where.path, "rb") as fh:
             return fh.read()
     except FileNotFoundError:
         raise ModelError(f"{what} {uri} does not exist") from None
