@@ -20,7 +20,7 @@ from mgr.datasets import labelset
 
 from mgr.io.location import LOCK_NAME
 from mgr.cli import main as cli_main
-from mgr.errors import JobError, MgrError
+from mgr.errors import JobError
 from mgr.pipelines.catalog_config import ExtractConfig, LabelConfig
 from mgr.pipelines.extract import extract
 from mgr.datasets.featureset import MANIFEST_NAME

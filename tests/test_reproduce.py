@@ -9,7 +9,6 @@ import os
 import pathlib
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from mgr.cli import main

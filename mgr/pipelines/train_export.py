@@ -29,7 +29,7 @@ def export(state: dict, *, plan) -> dict[str, Any]:
 
     ``plan`` is the :class:`mgr.pipelines.train.Plan` of the run.
     """
-    c, recipe = plan.config, plan.recipe
+    c = plan.config
     history = list(state["history"])
     if state.get("best_model") is None or not history:
         raise ModelError(f"the training state in {c.output.uri} holds no trained epoch")
