@@ -283,6 +283,11 @@ def test_every_finished_mgr_label_run_writes_its_report(ray_local, tmp_path, cap
     assert "not decodable audio" in doc or "Errors" in doc
     assert {r["genre"] for r in review} == {"unknown"}  # an untrained 3-genre model is never 90 % sure
     assert pq.read_table(str(out)).num_rows == 4
+    # the run's report comes from the aggregate of its exactly-once pass (OUTPUT is not read
+    # again): the same as the report's own pass over OUTPUT gives
+    again = write_labels_report(out, out=str(tmp_path / "again"), use_ray=False)
+    assert (again["tracks"], again["errors"], again["unknown"]) == (4, 1, 3)
+    assert (tmp_path / "again" / "review.csv").read_text() == (out / "_report" / "review.csv").read_text()
 
 
 def test_an_aggregate_stays_small_however_many_kinds_of_error():

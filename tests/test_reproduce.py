@@ -153,7 +153,7 @@ def _check_results(out, results):
     return on_disk
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_reproduce_gtzan_two_seeds(ray_local, tmp_path):
     from mgr.datasets.featureset import read_table
     from mgr.experiments.reproduce import reproduce
@@ -162,10 +162,10 @@ def test_reproduce_gtzan_two_seeds(ray_local, tmp_path):
     genre_tree(data, per_style=8, seconds=3.0, formats=("wav", "mp3"))
     out = str(tmp_path / "out")
     results = reproduce("gtzan", data, out, seeds=2, workers=1, epochs=1, models=("crnn",),
-                        recipes=("paper", "mgr"), scaling_workers=(1, 2), scaling_epochs=1,
+                        recipes=("mgr",), scaling_workers=(1, 2), scaling_epochs=1,
                         scaling_run=("crnn", "mgr"), figure_clips=3, crop_seconds=1.0, model_options=TINY)
     on_disk = _check_results(out, results)
-    assert len(on_disk["runs"]) == 4 and len(on_disk["table"]) == 4
+    assert len(on_disk["runs"]) == 2 and len(on_disk["table"]) == 2  # the crnn's weighted and mean rows
     assert on_disk["extraction"]["counts"]["ok"] == 24
     # seed 1 trains on its own split of the same clips, computed on the fly: no copy of the features
     from mgr.datasets.sources.split import SplitRule
@@ -180,9 +180,9 @@ def test_reproduce_gtzan_two_seeds(ray_local, tmp_path):
                                                       rule=SplitRule(seed=0)).take_all()} == s0
     assert [name for name in os.listdir(out) if name.startswith("features")] == ["features"]
     assert {(r["features"], r["split_seed"]) for r in on_disk["runs"] if r["seed"] == 1} == {(out + "/features", 1)}
-    # the paper's Figures 6-7: per crnn recipe, seed 0's test clips
-    assert len(on_disk["figures"]) >= 2 and {os.path.basename(f).split("-seed")[0] for f in on_disk["figures"]} \
-        == {"crnn-paper", "crnn-mgr"}
+    # the paper's Figures 6-7: per crnn recipe, seed 0's test clips (the paper recipe's runs in the FMA test)
+    assert len(on_disk["figures"]) >= 1 and {os.path.basename(f).split("-seed")[0] for f in on_disk["figures"]} \
+        == {"crnn-mgr"}
     assert all(open(f, "rb").read(8) == PNG for f in on_disk["figures"])
     assert [m["workers"] for m in on_disk["scaling"]] == [1, 2]
     assert all(m["samples"] > 0 and m["samples_per_s"] > 0 for m in on_disk["scaling"])

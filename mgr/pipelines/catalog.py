@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from mgr.datasets.labelset import RETRYABLE_PREFIX
 from mgr.io.location import AUDIO_EXTENSIONS, Location
 
 __all__ = ["KEY", "partition_ids", "split_table", "list_tree", "read_manifest_files", "read_output_parts",
-           "RETRYABLE_PREFIX"]
+           "PartSummary", "merge_summary", "RETRYABLE_PREFIX"]
 
 KEY = "uri"
 
@@ -146,8 +147,31 @@ def read_manifest_files(files: Sequence[Location]) -> pa.Table:
 
 # --------------------------------------------------------------------------- OUTPUT
 
+@dataclass(frozen=True)
+class PartSummary:
+    """How the exactly-once pass over OUTPUT also summarises its rows (no second read).
+
+    Attributes
+    ----------
+    of : callable
+        ``of(table) -> dict``: the summary of one part's ``check_columns``.
+    merge : callable, optional
+        ``merge(a, b) -> dict``: both summaries combined (``a`` may be changed and returned);
+        default :func:`merge_summary`.
+    """
+
+    of: Callable[[pa.Table], dict]
+    merge: Callable[[dict, dict], dict] | None = None
+
+    def fold(self, total: dict | None, part: dict | None) -> dict | None:
+        """``total`` and ``part`` merged (either may be None: nothing summarised yet)."""
+        if part is None:
+            return total
+        return part if total is None else (self.merge or merge_summary)(total, part)
+
+
 def read_output_parts(fs, paths: Sequence[str], *, columns: Sequence[str], retry_errors: bool,
-                      remove_unreadable: bool, summarize: Callable[[pa.Table], dict] | None = None,
+                      remove_unreadable: bool, summarize: PartSummary | None = None,
                       ) -> tuple[pa.Table, dict[str, Any]]:
     """Read ``columns`` (``uri`` and a few small ones) of OUTPUT part files.
 
@@ -159,7 +183,8 @@ def read_output_parts(fs, paths: Sequence[str], *, columns: Sequence[str], retry
     stats : dict
         ``rows``, ``errors``, ``model_ids`` (set), ``columns`` and ``genres`` of the first
         file, ``retry_parts`` (parts holding rows to retry), ``removed`` (unreadable parts
-        removed) and the merged ``summarize(table)`` of every part.
+        removed) and ``summary``, the folded ``summarize.of(table)`` of every part (None
+        without ``summarize`` or parts).
 
     Raises
     ------
@@ -174,7 +199,7 @@ def read_output_parts(fs, paths: Sequence[str], *, columns: Sequence[str], retry
 
     keys, flags = [], []
     stats: dict[str, Any] = {"rows": 0, "errors": 0, "model_ids": set(), "columns": None, "genres": None,
-                             "retry_parts": [], "removed": 0, "summary": {}}
+                             "retry_parts": [], "removed": 0, "summary": None}
     for p in paths:
         try:
             with fs.open(p, "rb") as fh:
@@ -206,7 +231,7 @@ def read_output_parts(fs, paths: Sequence[str], *, columns: Sequence[str], retry
         keys.append(t.column("uri"))
         flags.append(pa.array(retry))
         if summarize is not None:
-            merge_summary(stats["summary"], summarize(t))
+            stats["summary"] = summarize.fold(stats["summary"], summarize.of(t))
     table = pa.table({"uri": pa.chunked_array(keys, pa.string()) if keys else pa.array([], pa.string()),
                       "retry": pa.chunked_array(flags, pa.bool_()) if flags else pa.array([], pa.bool_())})
     return table, stats

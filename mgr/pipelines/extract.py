@@ -27,7 +27,7 @@ from mgr.errors import JobError, LabelSourceError, StorageError
 from mgr.io.location import AUDIO_EXTENSIONS
 from mgr.io.parts import write_part
 from mgr.datasets.labelset import error_class
-from mgr.pipelines.catalog import counter
+from mgr.pipelines.catalog import PartSummary, counter
 from mgr.pipelines.catalog_config import ExtractConfig
 from mgr.pipelines.output import DatasetOutput, Listing, Plan, Tables, alive_cpus, map_batches, no_restarts, totals_row
 from mgr.pipelines.progress import Progress
@@ -66,7 +66,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.time()
     out = DatasetOutput(cfg.output, command="mgr extract", marker=MANIFEST_NAME, read_columns=("uri",),
                         check_columns=("uri", "label", "split", "error", "duration_s"), remove_unreadable=True,
-                        summarize=features_summary)
+                        summarize=PartSummary(features_summary))
     with ray_session(address=cfg.address, num_cpus=cfg.num_cpus, endpoint_url=cfg.endpoint_url), out.open():
         work = _work(cfg, kind, records)
         del records
@@ -218,7 +218,7 @@ def features_summary(table: pa.Table) -> dict[str, Any]:
 
 
 def _features_json(cfg: ExtractConfig, fc, check: dict) -> dict[str, Any]:
-    s = check["summary"]
+    s = check["summary"] or {}
     by_split_label = s.get("by_split_label", {})
     kinds = s.get("errors_by_kind", {})
     return {

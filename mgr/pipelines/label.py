@@ -28,6 +28,8 @@ from mgr.pipelines.catalog_config import LabelConfig, parse_actors
 from mgr.pipelines.output import (DatasetOutput, Listing, Manifest, Plan, alive_cpus, map_batches, no_restarts,
                                   totals_row)
 from mgr.pipelines.progress import Progress
+from mgr.pipelines.report import render_report, report_summary
+from mgr.reporting.labels_report import COLUMNS as REPORT_COLUMNS
 
 __all__ = ["label_catalog", "label_totals", "parse_actors", "LabelConfig"]
 
@@ -69,7 +71,8 @@ def label_catalog(cfg: LabelConfig, *, log: Callable[[str], None] | None = None,
             raise LabelSourceError(f"cannot read manifest: {cfg.catalog.uri} not found")
         raise StorageError(f"input {cfg.catalog.uri} does not exist", retryable=False)
     out = DatasetOutput(cfg.output, command="mgr label", marker=labelset.MARKER_NAME,
-                        read_columns=("uri", "model_id", "error"), check_columns=("uri", "error"))
+                        read_columns=("uri", "model_id", "error"), check_columns=REPORT_COLUMNS,
+                        summarize=report_summary())
     with ray_session(address=cfg.address, num_cpus=cfg.num_cpus, endpoint_url=cfg.endpoint_url), out.open():
         work = Manifest(cfg.catalog) if cfg.manifest else Listing(cfg.catalog, audio_rows)
         plan = out.plan(work, retry_errors=cfg.retry_errors, ignore_output=cfg.overwrite)
@@ -98,9 +101,10 @@ def label_catalog(cfg: LabelConfig, *, log: Callable[[str], None] | None = None,
         check = out.complete()
         summary = _summary(cfg, loaded, plan, totals, check, seconds, width, hop, before)
         if summary["complete"]:
-            out.write_marker({**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            # the run's report: OUTPUT/_report/ (mgr.pipelines.report)
-            _write_report(cfg, summary)
+            marker = {**summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            out.write_marker(marker)
+            # the run's report, OUTPUT/_report/, from the aggregate the check computed
+            summary["report"] = render_report(check["summary"], labels=cfg.output, marker=marker)["index"]
     return summary
 
 
@@ -269,12 +273,3 @@ def _summary(cfg: LabelConfig, loaded, plan: Plan, totals: dict, check: dict, se
             "per_step": bool(cfg.per_step), "max_windows": cfg.max_windows, "min_confidence": cfg.min_confidence,
             "temperature": float(loaded.temperature), "run": run, "counts": counts,
             "complete": check["missing"] == 0}
-
-
-def _write_report(cfg: LabelConfig, summary: dict) -> None:  # noqa: ARG001 - the report reads OUTPUT
-    """Hand the finished run to the labels report (issue 16), when that module is there."""
-    try:
-        from mgr.pipelines.report import write_labels_report
-    except ImportError:
-        return
-    summary["report"] = write_labels_report(cfg.output)["index"]

@@ -32,7 +32,7 @@ import pyarrow as pa
 from mgr.errors import JobError, MgrError, worker_cause
 from mgr.io.location import Location
 from mgr.io.parts import TMP_PREFIX
-from mgr.pipelines.catalog import merge_summary
+from mgr.pipelines.catalog import PartSummary, merge_summary
 
 __all__ = ["Listing", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "map_batches",
            "alive_cpus", "MAX_REPLANS"]
@@ -159,14 +159,14 @@ class DatasetOutput:
     remove_unreadable : bool
         Remove part files that are not readable Parquet (their rows are redone) instead of
         refusing OUTPUT.
-    summarize : callable, optional
-        ``summarize(table) -> dict`` of a part's ``check_columns`` for :meth:`complete`
-        (merged with :func:`~mgr.pipelines.catalog.merge_summary`).
+    summarize : PartSummary, optional
+        What :meth:`complete` also computes from every part's ``check_columns`` in its one
+        pass (:class:`~mgr.pipelines.catalog.PartSummary`); its ``summary``.
     """
 
     def __init__(self, location: Location, *, command: str, marker: str, read_columns=("uri", "error"),
                  check_columns=("uri", "error"), remove_unreadable: bool = False,
-                 summarize: Callable[[pa.Table], dict] | None = None) -> None:
+                 summarize: PartSummary | None = None) -> None:
         self.location, self.command, self.marker = location, command, location.join(marker)
         self.read_columns, self.check_columns = tuple(read_columns), tuple(check_columns)
         self.remove_unreadable, self.summarize = remove_unreadable, summarize
@@ -229,7 +229,7 @@ class DatasetOutput:
         """The exactly-once check of OUTPUT against the planned work (one distributed aggregate).
 
         Returns ``rows``, ``distinct``, ``duplicates``, ``missing`` (work keys not in OUTPUT),
-        ``errors`` and the merged ``summary`` of every part.
+        ``errors`` and ``summary`` (the folded ``summarize`` of every part, or None).
         """
         return self._call("check")
 

@@ -251,9 +251,9 @@ class Planner:
                          for i in range(n)])
         stats = ray.get([r[n] for r in refs])
         out: dict[str, Any] = {"rows": 0, "distinct": 0, "duplicates": 0, "missing": 0, "missing_examples": [],
-                               "errors": sum(s["errors"] for s in stats), "summary": {}}
+                               "errors": sum(s["errors"] for s in stats), "summary": None}
         for p in parts:
             merge_summary(out, p)
         for s in stats:
-            merge_summary(out["summary"], s["summary"])
+            out["summary"] = self.summarize.fold(out["summary"], s["summary"]) if self.summarize else None
         return out

@@ -20,7 +20,8 @@ from mgr.io.parts import list_parts
 from mgr.reporting.labels_report import (COLUMNS, block_aggregate, empty_aggregate, merge_aggregates,
                                          render_labels_report)
 
-__all__ = ["REPORT_DIR", "REVIEW_ROWS", "LOCAL_PARTS", "labels_aggregate", "write_labels_report"]
+__all__ = ["REPORT_DIR", "REVIEW_ROWS", "LOCAL_PARTS", "labels_aggregate", "write_labels_report", "report_summary",
+           "render_report"]
 
 #: the report's folder inside a labels OUTPUT (``_``: pyarrow and pandas skip it)
 REPORT_DIR = "_report"
@@ -123,10 +124,29 @@ def write_labels_report(labels: Location | str, *, out: Location | str | None = 
         written), ``tracks``, ``errors``, ``unknown``.
     """
     loc = Location.of(labels, endpoint_url=endpoint_url)
-    dest = loc.join(REPORT_DIR) if out is None else Location.of(out, endpoint_url=endpoint_url)
     agg = labels_aggregate(loc, top_n=top_n, use_ray=use_ray, address=address, num_cpus=num_cpus)
     marker_loc = loc.join(MARKER_NAME)
     marker = marker_loc.read_json() if marker_loc.exists() else None
+    return render_report(agg, labels=loc, marker=marker, out=out, log=log)
+
+
+def report_summary(*, top_n: int = REVIEW_ROWS):
+    """The report's aggregate as a :class:`~mgr.pipelines.catalog.PartSummary`: ``mgr label``
+    computes it in the exactly-once pass over OUTPUT it makes anyway (no second read)."""
+    import functools
+
+    from mgr.pipelines.catalog import PartSummary
+
+    return PartSummary(functools.partial(block_aggregate, top_n=top_n), functools.partial(merge_aggregates, top_n=top_n))
+
+
+def render_report(agg: dict[str, Any] | None, *, labels: Location, marker: dict | None = None,
+                  out: Location | str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write the report of the aggregate ``agg`` of ``labels`` (None: no rows) into ``out``
+    (default ``labels/_report``); returns what :func:`write_labels_report` does."""
+    loc = labels
+    agg = agg if agg is not None else empty_aggregate()
+    dest = loc.join(REPORT_DIR) if out is None else Location.of(out, endpoint_url=loc.endpoint_url)
     files = render_labels_report(agg, source=loc.uri, marker=marker)
     for name, data in sorted(files.items(), key=lambda kv: kv[0] == "index.html"):  # the page last
         dest.join(name).write_bytes(data)
