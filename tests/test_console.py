@@ -95,7 +95,12 @@ def test_worker_stdout_reaches_the_console_and_ray_internals_only_with_verbose(v
 
 
 @pytest.mark.timeout(900)
-def test_the_quick_demo_prints_mgr_lines_and_nothing_of_rays_internal_actors(tmp_path):
+def test_the_quick_demo_end_to_end_and_its_console(tmp_path):
+    """`mgr demo --size quick` as `make demo` runs it: every step's output is there and right,
+    and the console holds mgr's lines and nothing of Ray's internal actors."""
+    import json
+
+    import pyarrow.parquet as pq
     import soundfile as sf
 
     from mgr.experiments.synth import clip
@@ -127,3 +132,16 @@ def test_the_quick_demo_prints_mgr_lines_and_nothing_of_rays_internal_actors(tmp
         assert (demo / "models" / arch / "calibration.png").is_file(), arch
     assert (demo / "labels" / "_report" / "index.html").is_file()
     assert (demo / "labels" / "_report" / "review.csv").is_file()
+    # the pipeline's results: both models evaluated, every catalog file labelled once, figures
+    summary = json.loads((demo / "summary.json").read_text())
+    assert summary["evaluate"].keys() == {"cnn", "crnn"}
+    for s in summary["evaluate"].values():
+        assert 0.0 <= s["accuracy"] <= 1.0 and s["n"] > 0
+    assert "accuracy_weighted" in summary["evaluate"]["crnn"]
+    labels = pq.read_table(demo / "labels")
+    catalog = sorted(os.listdir(demo / "catalog"))
+    assert sorted(os.path.basename(u) for u in labels.column("uri").to_pylist()) == catalog
+    assert summary["label_music"]["files"] == 1
+    for png in [summary["timeline_png"], *summary["confusion_pngs"].values()]:
+        with open(png, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
