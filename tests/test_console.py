@@ -75,6 +75,13 @@ _SCRIPT = textwrap.dedent("""
         import ray.data
         assert ray.get(work.remote()) == 1
         assert ray.data.range(10).map_batches(lambda b: b).count() == 10
+        # the raylet's notices reach the driver through the GCS error channel
+        from ray._private.utils import publish_error_to_driver
+        gcs = ray._private.worker.global_worker.gcs_client
+        publish_error_to_driver("worker_pool_large", "WARNING: 9 PYTHON worker processes have been started on "
+                                "node: n with address: 127.0.0.1, which is 3x the maximum expected startup "
+                                "concurrency (3).", gcs)
+        publish_error_to_driver("mgr_test", "mgr-line: a raylet notice that stays", gcs)
         import time; time.sleep(2)  # the log monitor forwards lines about once a second
     print("mgr-line: done", flush=True)
 """)
@@ -86,11 +93,14 @@ def test_worker_stdout_reaches_the_console_and_ray_internals_only_with_verbose(v
     env = _env(**({"MGR_VERBOSE": "1"} if verbose else {}))
     out = _run([sys.executable, "-c", _SCRIPT], env=env, timeout=240)
     assert "mgr-line: from a worker's stdout" in out and "mgr-line: done" in out
+    assert "mgr-line: a raylet notice that stays" in out  # other raylet messages (OOM kills...) still print
     if verbose:
+        assert "worker processes have been started" in out
         assert "ray-internal: a worker's stderr" in out
         assert "execution finished" in out or "Starting execution" in out  # Ray Data's banners are back
     else:
         assert "ray-internal" not in out, out
+        assert "worker processes have been started" not in out, out
         assert not _internals(out), _internals(out)
 
 

@@ -141,11 +141,34 @@ def quiet_ray_console() -> None:
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", stdout_only)
+    _quiet_raylet_notices(ray_worker)
     node = getattr(ray_worker, "_global_node", None)
     try:
         _state["logs"] = node.get_logs_dir_path() if node is not None else None
     except AttributeError:
         _state["logs"] = None
+
+
+#: raylet notices that are about Ray's worker pool, not anything a user of mgr can act on
+#: (mgr's ingest tasks take fractional CPUs on purpose)
+_RAYLET_NOISE = ("worker processes have been started on node",)
+
+
+def _quiet_raylet_notices(ray_worker) -> None:
+    """Drop the raylet's worker-pool notices from the console (other raylet messages, such as
+    out-of-memory kills, still print). The driver's error-listener thread prints them with
+    ``ray._private.worker.print_to_stdstream``, looked up at each call."""
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "mgr_quiet", False):
+        return
+
+    def print_unless_noise(data, ignore_prefix: bool = False):
+        if data.get("pid") == "raylet" and any(n in line for line in data.get("lines", ()) for n in _RAYLET_NOISE):
+            return
+        return original(data, ignore_prefix=ignore_prefix)
+
+    print_unless_noise.mgr_quiet = True
+    ray_worker.print_to_stdstream = print_unless_noise
 
 
 @contextlib.contextmanager
