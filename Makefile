@@ -27,7 +27,7 @@ demo: install
 test: install
 	@test -x /usr/bin/chromium || echo "note: no /usr/bin/chromium: the browser tests of the reports skip (make chromium installs it)"
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 	# a 3-node Ray losing a node: in its own session, not beside the suite's Ray on the same cores
 	MGR_NODE_LOSS_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_faults.py -k node_removed
 
