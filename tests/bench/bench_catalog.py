@@ -78,7 +78,8 @@ while th.is_alive():
                     break
         except (OSError, FileNotFoundError):
             pass
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec (the bench's own memory)
+peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1024
 res = {"wall_s": round(time.time() - t0, 2), "driver_peak_rss_mb": round(peak, 1), **marks}
 if "summary" in box:
     s = box["summary"]

@@ -124,8 +124,10 @@ sys.path.insert(0, sys.argv[1])
 from mgr.cli import main
 t0 = time.time()
 code = main(sys.argv[2:])
-print("DRIVER " + json.dumps({"code": code, "wall_s": round(time.time() - t0, 2),
-                              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child started by a
+# bench that holds 1 GB would report 1 GB whatever it did itself
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+print("DRIVER " + json.dumps({"code": code, "wall_s": round(time.time() - t0, 2), "peak_rss_mb": round(hwm / 1024, 1)}))
 """
 
 
