@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from mgr.datasets.labelset import read_marker
 from mgr.errors import StorageError
 from mgr.io.location import Location
 from mgr.io.parts import list_parts
@@ -29,7 +30,6 @@ REPORT_DIR = "_report"
 REVIEW_ROWS = 200
 #: at most this many part files are aggregated in process when no Ray is running
 LOCAL_PARTS = 32
-MARKER_NAME = "_SUCCESS.json"
 
 
 def _aggregate_batch(batch, *, top_n: int) -> dict:
@@ -125,9 +125,7 @@ def write_labels_report(labels: Location | str, *, out: Location | str | None = 
     """
     loc = Location.of(labels, endpoint_url=endpoint_url)
     agg = labels_aggregate(loc, top_n=top_n, use_ray=use_ray, address=address, num_cpus=num_cpus)
-    marker_loc = loc.join(MARKER_NAME)
-    marker = marker_loc.read_json() if marker_loc.exists() else None
-    return render_report(agg, labels=loc, marker=marker, out=out, log=log)
+    return render_report(agg, labels=loc, marker=read_marker(loc), out=out, log=log)
 
 
 def report_summary(*, top_n: int = REVIEW_ROWS):
@@ -144,10 +142,9 @@ def render_report(agg: dict[str, Any] | None, *, labels: Location, marker: dict 
                   out: Location | str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the report of the aggregate ``agg`` of ``labels`` (None: no rows) into ``out``
     (default ``labels/_report``); returns what :func:`write_labels_report` does."""
-    loc = labels
     agg = agg if agg is not None else empty_aggregate()
-    dest = loc.join(REPORT_DIR) if out is None else Location.of(out, endpoint_url=loc.endpoint_url)
-    files = render_labels_report(agg, source=loc.uri, marker=marker)
+    dest = labels.join(REPORT_DIR) if out is None else Location.of(out, endpoint_url=labels.endpoint_url)
+    files = render_labels_report(agg, source=labels.uri, marker=marker)
     for name, data in sorted(files.items(), key=lambda kv: kv[0] == "index.html"):  # the page last
         dest.join(name).write_bytes(data)
     index = dest.join("index.html").uri
