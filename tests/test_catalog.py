@@ -185,3 +185,67 @@ def test_job_configs_are_frozen_and_name_the_bad_option():
                        (dict(files_per_task=0), "--files-per-task"), (dict(subset="tiny"), "--subset")):
         with pytest.raises(ConfigError, match=option):
             ExtractConfig("/a", "/b", **kw)
+
+
+@pytest.mark.timeout(300)
+def test_extract_joins_label_files_on_the_workers(ray_local, tmp_path, monkeypatch):
+    """``mgr extract --labels fma:``/``manifest:``: the label file is read and joined with the
+    listing in Ray tasks, key partition by key partition (the driver's pandas and Arrow CSV
+    readers fail here); the result equals the in-process records of the same label file."""
+    import pandas as pd
+    import pyarrow.csv as pcsv
+
+    from mgr.datasets.sources import records_for
+    from mgr.datasets.sources.split import assign_splits
+    from mgr.pipelines.catalog_config import ExtractConfig
+    from mgr.pipelines.extract import extract
+    from tests.test_sources import write_tracks_csv
+
+    fma = tmp_path / "fma_small"
+    tracks = {}
+    for i, (genre, split) in enumerate([("Rock", "training"), ("Pop", "validation"), ("Rock", "test"),
+                                        ("Pop", "training"), ("Folk", "training"), ("Folk", "test")]):
+        tid = f"{(i + 1) * 1000 + i:06d}"  # six folders: several key partitions
+        tracks[tid] = (i % 3, split, "small", genre)
+        _files(fma, [f"{tid[:3]}/{tid}.wav"], seed=i)
+    tracks["099134"] = (9, "training", "small", "Rock")  # a broken file, as in the real fma_small
+    (fma / "099").mkdir()
+    (fma / "099" / "099134.wav").write_bytes(b"RIFF" + b"\0" * 40)
+    _files(fma, ["notes/README.wav"], seed=9)  # not a track: kept, unlabelled
+    (tmp_path / "fma_metadata").mkdir()
+    csv = write_tracks_csv(tmp_path / "fma_metadata" / "tracks.csv", tracks)
+    man = tmp_path / "manifest.csv"
+    man.write_text("uri,label,split\n" + "".join(
+        f"{tid[:3]}/{tid}.wav,{g},{'test' if j % 2 else ''}\n" for j, (tid, (_, _, _, g)) in enumerate(tracks.items()))
+        + f"{fma / 'notes' / 'README.wav'},Noise,\n./gone/../gone.wav,Rock,\n")
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a label file was parsed on the driver")
+
+    for mod, name in ((pcsv, "read_csv"), (pd, "read_csv"), (pd, "read_parquet")):
+        monkeypatch.setattr(mod, name, refuse)
+    runs = {}
+    for spec, extra in ((f"fma:{csv}", {"official_split": True}), (f"manifest:{man}", {})):
+        out = str(tmp_path / spec.split(":")[0])
+        runs[spec] = extract(ExtractConfig(str(fma), out, labels=spec, **extra), progress=False)
+    monkeypatch.undo()
+    uris = sorted(str(p) for p in fma.rglob("*.wav"))
+    for spec, extra in ((f"fma:{csv}", {"official_split": True}), (f"manifest:{man}", {})):
+        got = {r["uri"]: r for r in pq.read_table(str(tmp_path / spec.split(":")[0]),
+                                                  columns=["uri", "label", "split", "error"]).to_pylist()}
+        want = records_for(spec, uris, input_uri=str(fma))
+        assign_splits(want, keep_source_split=True)
+        n = 8 if spec.startswith("fma") else 9  # the manifest's gone.wav: an error row, not lost
+        assert len(got) == len(want) == n and runs[spec]["counts"]["files"] == n
+        for rec in want:
+            row = got[rec["uri"]]
+            ok = rec.get("error") is None and "099134" not in rec["uri"]  # the broken file: an error row
+            assert (row["error"] is None) == ok, row
+            assert (row["label"], row["split"]) == (rec["label"], rec["split"] if ok else None), rec["uri"]
+    fma_rows = {r["uri"]: r for r in pq.read_table(str(tmp_path / "fma")).to_pylist()}
+    assert {r["label"] for r in fma_rows.values()} == {"Rock", "Pop", "Folk", None}
+    assert fma_rows[str(fma / "099" / "099134.wav")]["error"]
+    assert fma_rows[str(fma / "006" / "006005.wav")]["split"] == "test"  # FMA's official split
+    man_rows = {r["uri"]: r for r in pq.read_table(str(tmp_path / "manifest")).to_pylist()}
+    assert man_rows[str(fma / "notes" / "README.wav")]["label"] == "Noise"
+    assert man_rows[str(fma / "gone.wav")]["error"] == "listed in the manifest but not found under INPUT"

@@ -41,9 +41,9 @@ def partition_ids(keys: pa.Array | pa.ChunkedArray, n_parts: int) -> np.ndarray:
     return (pd.util.hash_array(values.astype(object), categorize=False) % np.uint64(n_parts)).astype(np.int64)
 
 
-def split_table(table: pa.Table, n_parts: int) -> list[pa.Table]:
-    """``table`` cut into ``n_parts`` tables by :func:`partition_ids` of its ``uri`` column."""
-    ids = partition_ids(table.column(KEY), n_parts)
+def split_table(table: pa.Table, n_parts: int, *, key: str = KEY) -> list[pa.Table]:
+    """``table`` cut into ``n_parts`` tables by :func:`partition_ids` of its ``key`` column."""
+    ids = partition_ids(table.column(key), n_parts)
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(n_parts + 1))
     sorted_table = table.take(pa.array(order))

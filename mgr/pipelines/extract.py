@@ -1,7 +1,8 @@
 """The extraction job: audio files → log-mel features dataset (Parquet), on Ray Data.
 
-The work is the listing of INPUT as Arrow blocks (listed in Ray tasks; with ``--labels
-fma:``/``manifest:`` the records are made on the driver from the label file); the output
+The work is the listing of INPUT as Arrow blocks, made in Ray tasks (with ``--labels
+fma:``/``manifest:``, joined there with the label file by key, partition by partition: the
+driver never holds a record); the output
 protocol (:mod:`mgr.pipelines.output`) removes what OUTPUT already holds; a pool of actors
 reads, decodes and analyses each file in place (:mod:`mgr.pipelines.extract_step`) and
 writes Parquet parts. ``_features.json`` is written last, once every input is accounted for.
@@ -21,7 +22,8 @@ import pyarrow.compute as pc
 from mgr import __version__
 from mgr.config import get_preset
 from mgr.datasets.featureset import MANIFEST_NAME
-from mgr.datasets.sources import parse_labels_spec, records_for, track_id_from_uri
+from mgr.datasets.sources import LabelJoin, parse_labels_spec, track_id_from_uri
+from mgr.datasets.sources.fma import NO_MATCH
 from mgr.datasets.sources.split import assign_splits
 from mgr.errors import JobError, LabelSourceError, StorageError
 from mgr.io.location import AUDIO_EXTENSIONS
@@ -29,16 +31,14 @@ from mgr.io.parts import write_part
 from mgr.datasets.labelset import error_class
 from mgr.pipelines.catalog import PartSummary, counter
 from mgr.pipelines.catalog_config import ExtractConfig
-from mgr.pipelines.output import DatasetOutput, Listing, Plan, Tables, alive_cpus, map_batches, no_restarts, totals_row
+from mgr.pipelines.output import (DatasetOutput, Labelled, Listing, Plan, alive_cpus, map_batches, no_restarts,
+                                  totals_row)
 from mgr.pipelines.progress import Progress
 
 __all__ = ["extract", "ExtractConfig"]
 
 #: the columns of a work record (one per input file)
 RECORD_SCHEMA = pa.schema([(n, pa.string()) for n in ("uri", "track_id", "label", "split", "artist", "error")])
-
-#: records per block put in the object store by the driver (fma/manifest label sources)
-_CHUNK = 20_000
 
 
 def extract(cfg: ExtractConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -62,14 +62,12 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> dict[str, Any]:
     kind, _ = parse_labels_spec(cfg.labels)
     if not cfg.input.exists():
         raise StorageError(f"input {cfg.input.uri} does not exist", retryable=False)
-    records = None if kind in ("none", "folder") else _driver_records(cfg, kind)
     started = time.time()
     out = DatasetOutput(cfg.output, command="mgr extract", marker=MANIFEST_NAME, read_columns=("uri",),
                         check_columns=("uri", "label", "split", "error", "duration_s"), remove_unreadable=True,
                         summarize=PartSummary(features_summary))
     with ray_session(address=cfg.address, num_cpus=cfg.num_cpus, endpoint_url=cfg.endpoint_url), out.open():
-        work = _work(cfg, kind, records)
-        del records
+        work = _work(cfg, kind)
         plan = out.plan(work, ignore_output=cfg.overwrite)
         _check_work(cfg, kind, plan)
         if cfg.overwrite:
@@ -111,31 +109,30 @@ def listing_records(uris: list[str], sizes: list[int], *, kind: str, ratios, see
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
-def _driver_records(cfg: ExtractConfig, kind: str) -> list[dict]:
-    """Records of a label file (FMA tracks.csv, a manifest), made on the driver before Ray starts."""
-    uris = [u for u, _ in cfg.input.list_audio_sizes()]
-    if not uris:
-        raise StorageError(f"no audio files found under {cfg.input.uri} (extensions: {', '.join(AUDIO_EXTENSIONS)})")
-    records = records_for(cfg.labels, uris, subset=cfg.subset, endpoint_url=cfg.endpoint_url, input_uri=cfg.input.uri)
-    assign_splits(records, ratios=cfg.split, seed=cfg.seed, group_by=cfg.group_by,
-                  keep_source_split=cfg.official_split or kind == "manifest")
-    return records
+def labelled_records(records: list[dict], *, ratios, seed: int, group_by: str | None,
+                     keep_source_split: bool) -> pa.Table:
+    """Work records of one key partition of a label join (``--labels fma:|manifest:``)."""
+    assign_splits(records, ratios=ratios, seed=seed, group_by=group_by, keep_source_split=keep_source_split)
+    return pa.Table.from_pylist([{k: r.get(k) for k in RECORD_SCHEMA.names} for r in records], schema=RECORD_SCHEMA)
 
 
-def _work(cfg: ExtractConfig, kind: str, records: list[dict] | None):
-    import ray
-
-    if records is None:
+def _work(cfg: ExtractConfig, kind: str):
+    """The work of the planner: a listing, or a listing joined with the label file."""
+    if kind in ("none", "folder"):
         rows = functools.partial(listing_records, kind=kind, ratios=cfg.split, seed=cfg.seed, group_by=cfg.group_by)
         return Listing(cfg.input, rows)
-    refs = [ray.put(pa.Table.from_pylist([{k: r.get(k) for k in RECORD_SCHEMA.names} for r in records[i: i + _CHUNK]],
-                                         schema=RECORD_SCHEMA)) for i in range(0, len(records), _CHUNK)]
-    return Tables(refs)
+    _, path = parse_labels_spec(cfg.labels)
+    join = LabelJoin(kind, path, input_uri=cfg.input.uri, subset=cfg.subset, endpoint_url=cfg.endpoint_url)
+    rows = functools.partial(labelled_records, ratios=cfg.split, seed=cfg.seed, group_by=cfg.group_by,
+                             keep_source_split=cfg.official_split or kind == "manifest")
+    return Labelled(cfg.input, join, rows)
 
 
 def _check_work(cfg: ExtractConfig, kind: str, plan: Plan) -> None:
-    if not plan.work:
+    if not plan.work or plan.work_summary.get("listed", 1) == 0:
         raise StorageError(f"no audio files found under {cfg.input.uri} (extensions: {', '.join(AUDIO_EXTENSIONS)})")
+    if kind == "fma" and not plan.work_summary.get("matched"):
+        raise LabelSourceError(NO_MATCH)
     labels = plan.work_summary.get("labels", set())
     if kind == "folder" and len(labels) < 2:
         raise LabelSourceError(

@@ -34,7 +34,7 @@ from mgr.io.location import Location
 from mgr.io.parts import TMP_PREFIX
 from mgr.pipelines.catalog import PartSummary, merge_summary
 
-__all__ = ["Listing", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "map_batches",
+__all__ = ["Listing", "Labelled", "Manifest", "Tables", "Plan", "DatasetOutput", "totals_row", "no_restarts", "map_batches",
            "alive_cpus", "MAX_REPLANS"]
 
 #: how many times a run re-plans after losing a node before it gives up
@@ -49,6 +49,21 @@ class Listing:
     """Work: the audio files below ``location``; ``rows(uris, sizes) -> pa.Table`` makes the rows."""
 
     location: Location
+    rows: Callable
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Work: the audio files below ``location`` joined with a label file by key, in tasks.
+
+    ``join`` is a :class:`~mgr.datasets.sources.LabelJoin`; ``rows(records) -> pa.Table``
+    turns one key partition's records into work rows (``uri`` first). The plan's
+    ``work_summary`` gains ``listed`` (files found under ``location``) and ``matched``
+    (files the label file knows).
+    """
+
+    location: Location
+    join: Any
     rows: Callable
 
 

@@ -17,9 +17,9 @@ import ray
 from mgr.errors import LabelSourceError, StorageError
 from mgr.io.location import Location
 from mgr.io.parts import list_parts, write_part
-from mgr.pipelines.catalog import (KEY, RETRYABLE_PREFIX, list_tree, merge_summary, read_manifest_files,
-                                   read_output_parts, split_table)
-from mgr.pipelines.output import PLAN_CPUS, Listing, Manifest, Tables, n_partitions
+from mgr.pipelines.catalog import (KEY, RETRYABLE_PREFIX, list_tree, merge_summary, partition_ids,
+                                   read_manifest_files, read_output_parts, split_table)
+from mgr.pipelines.output import PLAN_CPUS, Labelled, Listing, Manifest, Tables, n_partitions
 
 __all__ = ["Planner"]
 
@@ -53,6 +53,39 @@ def _work_stats(table: pa.Table) -> dict[str, Any]:
 def _map_listing(root: Location, paths: list[str], walk: bool, rows, n: int):
     table = list_tree(root, paths, walk=walk, make_rows=rows)
     return (*split_table(table, n), _work_stats(table))
+
+
+@ray.remote
+def _map_keyed_listing(root: Location, paths: list[str], walk: bool, join, m: int):
+    """Listed files as ``uri``, ``key`` (the label join's), cut into ``m`` key partitions."""
+    table = list_tree(root, paths, walk=walk, make_rows=lambda uris, _sizes: pa.table(
+        {"uri": pa.array(uris, pa.string()), "key": pa.array([join.key_of(u) for u in uris], pa.string())}))
+    parts = tuple(split_table(table, m, key="key"))
+    return parts if m > 1 else parts[0]
+
+
+@ray.remote
+def _map_label_file(join, m: int):
+    """The label file read once (a task, never the driver), cut into ``m`` key partitions."""
+    df = join.read()
+    ids = partition_ids(pa.array(df["key"].astype(str).tolist(), pa.string()), m)
+    parts = tuple(df[ids == i] for i in range(m))
+    return parts if m > 1 else parts[0]
+
+
+@ray.remote
+def _join_part(join, rows, n_listed: int, *tables_and_n):
+    """One key partition of the label join → work rows cut into ``n`` uri partitions + stats."""
+    import pandas as pd
+
+    *tables, n = tables_and_n
+    listed = _concat(tables[:n_listed])
+    uris = listed.column(KEY).to_pylist() if listed is not None else []
+    records, matched = join.records(uris, pd.concat(tables[n_listed:]))
+    table = rows(records)
+    stats = _work_stats(table)
+    stats.update(listed=len(uris), matched=matched)
+    return (*split_table(table, n), stats)
 
 
 @ray.remote
@@ -179,19 +212,34 @@ class Planner:
             else:
                 files = [loc]
             return [(_map_manifest, (g,)) for g in _groups(files, 4 * self.cpus)]
+        if isinstance(work, Labelled):
+            groups = self._listing_groups(work.location)
+            m = n_partitions(math.ceil(len(groups) / 2))
+            listed = [_map_keyed_listing.options(num_cpus=PLAN_CPUS, num_returns=m).remote(
+                work.location, paths, walk, work.join, m) for paths, walk in groups]
+            listed = [[r] if m == 1 else r for r in listed]
+            labels = _map_label_file.options(num_cpus=PLAN_CPUS, num_returns=m).remote(work.join, m)
+            labels = [labels] if m == 1 else labels
+            return [(_join_part, (work.join, work.rows, len(listed), *[r[i] for r in listed], labels[i]))
+                    for i in range(m)]
         assert isinstance(work, Listing)
-        root = work.location
+        return [(_map_listing, (work.location, paths, walk, work.rows))
+                for paths, walk in self._listing_groups(work.location)]
+
+    def _listing_groups(self, root: Location) -> list[tuple[list[str], bool]]:
+        """``(paths, walk)`` of the listing tasks below ``root``: groups of top-level folders
+        (walked) and one group of its top-level files."""
         if not root.exists():
             raise StorageError(f"input {root.uri} does not exist", retryable=False)
         fs = root.fs
         fs.invalidate_cache(root.path)  # a grown catalog must be listed afresh
         if not root.isdir():
-            return [(_map_listing, (root, [root.path], False, work.rows))]
+            return [([root.path], False)]
         entries = fs.ls(root.path, detail=True)
         dirs = sorted(e["name"] for e in entries if e.get("type") == "directory")
         files = sorted(e["name"] for e in entries if e.get("type") != "directory")
-        tasks = [(_map_listing, (root, g, True, work.rows)) for g in _groups(dirs, 4 * self.cpus, max_size=1 << 30)]
-        return tasks + [(_map_listing, (root, g, False, work.rows)) for g in _groups(files, 1, max_size=1 << 30)]
+        return ([(g, True) for g in _groups(dirs, 4 * self.cpus, max_size=1 << 30)]
+                + [(g, False) for g in _groups(files, 1, max_size=1 << 30)])
 
     def plan(self, work, *, retry_errors: bool, ignore_output: bool) -> dict[str, Any]:
         data = [] if ignore_output else self._parts()[0]
@@ -229,7 +277,7 @@ class Planner:
                 if list(s["columns"]) != columns:
                     raise LabelSourceError(f"the catalog's files have different columns: {columns} and "
                                            f"{list(s['columns'])}")
-            merge_summary(work_summary, {k: v for k, v in s.items() if k == "labels"})
+            merge_summary(work_summary, {k: v for k, v in s.items() if k in ("labels", "listed", "matched")})
         todo = sum(s["todo"] for s in stats)
         return {"todo_refs": [r[0] for r in reduced], "todo": todo, "work": sum(s["work"] for s in stats),
                 "done": sum(s["work"] - s["todo"] for s in stats), "retry": sum(s["retry"] for s in stats),

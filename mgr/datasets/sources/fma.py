@@ -14,7 +14,7 @@ import pandas as pd
 from mgr.io.location import Location
 from mgr.errors import LabelSourceError, StorageError
 
-__all__ = ["SUBSETS", "read_tracks", "fma_records", "FMA_SPLITS"]
+__all__ = ["SUBSETS", "read_tracks", "fma_records", "fma_track_id", "FMA_SPLITS"]
 
 SUBSETS = ("small", "medium", "large")
 FMA_SPLITS = {"training": "train", "validation": "val", "test": "test"}
@@ -79,11 +79,25 @@ def _in_subset(row_subset: str | None, subset: str | None) -> bool:
     return SUBSETS.index(str(row_subset)) <= SUBSETS.index(subset) if str(row_subset) in SUBSETS else False
 
 
-def fma_records(uris: list[str], tracks: pd.DataFrame, *, subset: str | None = None) -> list[dict]:
+def fma_track_id(uri: str) -> str | None:
+    """The six-digit track id of an FMA audio path (``.../000/000002.mp3`` → ``"000002"``), or None."""
+    m = _ID.search(uri.replace("\\", "/"))
+    return m.group(2) if m else None
+
+
+def fma_records(uris: list[str], tracks: pd.DataFrame, *, subset: str | None = None,
+                require_match: bool = True) -> list[dict]:
     """One record per file; ``label`` from genre_top, ``split`` FMA's official split.
 
     Files whose name is not ``ddd/dddddd.ext``, that tracks.csv does not know, that have no
-    top genre, or that lie outside ``subset`` keep their row with ``label`` None.
+    top genre, or that lie outside ``subset`` keep their row with ``label`` None. Each
+    record also says whether tracks.csv knows its file (``matched``).
+
+    Parameters
+    ----------
+    require_match : bool
+        Raise when no file matches tracks.csv (off for one partition of a catalog; the
+        caller checks the total).
 
     Raises
     ------
@@ -94,14 +108,15 @@ def fma_records(uris: list[str], tracks: pd.DataFrame, *, subset: str | None = N
         raise LabelSourceError(f"unknown FMA subset {subset!r}; choose one of {list(SUBSETS)}")
     records, matched = [], 0
     for uri in uris:
-        m = _ID.search(uri.replace("\\", "/"))
-        rec = {"uri": uri, "track_id": None, "label": None, "split": None, "artist": None, "error": None}
-        if m:
-            tid = int(m.group(2))
-            rec["track_id"] = m.group(2)
+        key = fma_track_id(uri)
+        rec = {"uri": uri, "track_id": key, "label": None, "split": None, "artist": None, "error": None,
+               "matched": False}
+        if key is not None:
+            tid = int(key)
             if tid in tracks.index:
                 row = tracks.loc[tid]
                 matched += 1
+                rec["matched"] = True
                 if _in_subset(row["subset"], subset) and row["genre"] is not None:
                     rec["label"] = row["genre"]
                     rec["split"] = row["split"]
@@ -109,9 +124,11 @@ def fma_records(uris: list[str], tracks: pd.DataFrame, *, subset: str | None = N
         else:
             rec["track_id"] = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
         records.append(rec)
-    if uris and matched == 0:
-        raise LabelSourceError(
-            "no audio file matches a track of tracks.csv: FMA audio must lie at ddd/dddddd.mp3 "
-            "(e.g. fma_small/000/000002.mp3)"
-        )
+    if require_match and uris and matched == 0:
+        raise LabelSourceError(NO_MATCH)
     return records
+
+
+#: the error when no listed file is a track of tracks.csv
+NO_MATCH = ("no audio file matches a track of tracks.csv: FMA audio must lie at ddd/dddddd.mp3 "
+            "(e.g. fma_small/000/000002.mp3)")

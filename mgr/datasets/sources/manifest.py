@@ -8,6 +8,8 @@ with an ``error`` so nothing is silently lost.
 from __future__ import annotations
 
 import io
+import os
+import posixpath
 
 import pandas as pd
 
@@ -15,7 +17,7 @@ from mgr.io.location import Location
 from mgr.errors import LabelSourceError, StorageError
 from mgr.datasets.sources import track_id_from_uri
 
-__all__ = ["read_manifest", "manifest_records"]
+__all__ = ["read_manifest", "manifest_records", "manifest_uri"]
 
 _SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
@@ -50,6 +52,17 @@ def read_manifest(path: str, *, endpoint_url: str | None = None) -> pd.DataFrame
         dup = df.loc[df["uri"].duplicated(), "uri"].iloc[0]
         raise LabelSourceError(f"manifest {path} lists {dup!r} more than once")
     return df
+
+
+def manifest_uri(uri: str, input_uri: str) -> str:
+    """A manifest's ``uri`` as INPUT's listing names it: absolute ones as they are, relative
+    ones below ``input_uri`` (``./`` and ``..`` resolved)."""
+    if "://" in uri or uri.startswith("/") or not input_uri:
+        return uri
+    if "://" in input_uri:
+        proto, rest = input_uri.split("://", 1)
+        return f"{proto}://{posixpath.normpath(posixpath.join(rest, uri))}"
+    return os.path.normpath(os.path.join(os.path.abspath(input_uri), uri))
 
 
 def _key(uri: str, input_uri: str) -> str:
