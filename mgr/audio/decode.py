@@ -158,8 +158,8 @@ def decode(
         total_s = frames / native_sr if frames > 0 else 0.0
         if max_seconds is not None and total_s > max_seconds:
             raise AudioError(
-                f"too long: header claims {total_s / 60:.1f} min, over the limit of "
-                f"{max_seconds / 60:.0f} min (raise --max-seconds to accept it)"
+                f"too long: header claims {_span(total_s)}, over the limit of "
+                f"{_span(max_seconds)} (raise --max-seconds to accept it)"
             )
         start = int(round(offset_s * native_sr))
         count = -1 if duration_s is None else int(round(duration_s * native_sr))
@@ -270,3 +270,8 @@ def load_audio(where: Location | str, *, cfg: FeatureConfig, max_seconds: float 
     source: Union[bytes, str] = loc.read_bytes() if loc.is_remote else local_path(loc.uri)
     y, _, duration = decode(source, sr=cfg.sr, mono=cfg.mono, max_seconds=max_seconds, name=loc.uri)
     return y, duration
+
+
+def _span(seconds: float) -> str:
+    """``2.5`` → ``"2.5 s"``, ``5400`` → ``"90.0 min"`` (a duration as a user reads it)."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
