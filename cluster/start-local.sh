@@ -50,6 +50,8 @@ tmp="$dir/ray"
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 export RAY_USAGE_STATS_ENABLED=0
+# keep idle workers for mgr's quarter-CPU tasks (mgr.pipelines.runtime.worker_pool_env)
+export RAY_num_workers_soft_limit="${RAY_num_workers_soft_limit:-$(( 4 * $(nproc) + 4 ))}"
 # a job's `python` is the one next to this ray (the venv's, with mgr's dependencies)
 export PATH="$(dirname "$RAY"):$PATH"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"

@@ -34,7 +34,10 @@ def ray_local():
     """The session's local Ray (2 CPUs, no dashboard); shut down at the end."""
     import ray
 
+    from mgr.pipelines.runtime import worker_pool_env
+
     if not ray.is_initialized():
+        os.environ.update(worker_pool_env(2))  # as mgr's own embedded Ray
         # address="local": a fresh Ray even when another one runs on the machine
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
