@@ -54,7 +54,7 @@ def timed(name, fn):
     return wrapper
 DatasetOutput.plan = timed("planner_plan_s", DatasetOutput.plan)
 DatasetOutput.complete = timed("check_s", DatasetOutput.complete)
-label_mod._write_report = timed("report_s", label_mod._write_report)
+label_mod.render_report = timed("report_s", label_mod.render_report)
 def log(line):
     marks.setdefault("plan_s", round(time.time() - t0, 2))
 box = {}
