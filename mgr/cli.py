@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         err = user_error(exc)
         if err is None or os.environ.get("MGR_DEBUG"):
             raise
-        print(f"mgr {args.command}: error: {err}", file=sys.stderr)
+        # one line: mgr's messages are (Ray Data appends its retry advice to a task's error)
+        print(f"mgr {args.command}: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         _say_where_ray_logs_are()
         return 2
     _say_where_ray_logs_are()

@@ -73,8 +73,14 @@ def _chain(exc: BaseException | None):
 
 
 def user_error(exc: BaseException | None) -> MgrError | None:
-    """The :class:`MgrError` behind ``exc`` (Ray wraps task errors in its own), or None."""
-    return next((e for e in _chain(exc) if isinstance(e, MgrError)), None)
+    """The :class:`MgrError` behind ``exc`` (Ray wraps task errors in its own), or None.
+
+    Ray's wrapper of a worker's error is an instance of the error's class too, but its text
+    is a remote traceback: the error itself (the one without a ``cause``) is preferred.
+    """
+    errors = [e for e in _chain(exc) if isinstance(e, MgrError)]
+    real = [e for e in errors if not isinstance(getattr(e, "cause", None), BaseException)]
+    return (real or errors or [None])[0]
 
 
 def worker_cause(exc: BaseException) -> str:

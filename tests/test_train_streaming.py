@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +92,59 @@ def test_split_override_reproduces_the_extraction_split_without_a_copy(ray_local
 
     with pytest.raises(ConfigError, match="official split"):
         split_rule(manifest, 1)
+
+
+@pytest.mark.timeout(400)
+def test_split_manifest_trains_on_its_split_column_without_a_copy(ray_local, tmp_path, capsys):
+    """``--split-manifest``: a manifest's ``split`` column (rows named by uri, relative to the
+    manifest, or by track_id; unnamed rows left out) replaces the stored split, read by the
+    workers; ``mgr train`` records it in run.json; a bad manifest is a one-line error."""
+    import pandas as pd
+
+    from mgr.cli import main
+    from mgr.datasets.sources.split import ManifestSplit
+    from mgr.pipelines.train_data import read_split, split_summary
+
+    root = str(tmp_path / "feat")
+    write_features(root, n_genres=3, per_split={"train": 4, "val": 4, "test": 4}, n_mels=8, frames=20, n_files=2)
+    rows = read_table(root, columns=["uri", "track_id", "split"], ok_only=True).to_pylist()
+    assert len(rows) == 36
+    want, lines = {}, []
+    for i, r in enumerate(rows[:30]):  # the last 6 rows: not in the manifest, in no split
+        split = ("train", "val", "test")[i % 3]
+        want[r["uri"]] = split
+        word = {"train": "training", "val": "Validation", "test": "test"}[split]
+        if i % 2:  # by track_id
+            lines.append({"uri": None, "track_id": r["track_id"], "split": word})
+        else:  # by uri relative to the manifest's folder
+            lines.append({"uri": os.path.relpath(r["uri"], str(tmp_path / "lists")), "track_id": None, "split": word})
+    (tmp_path / "lists").mkdir()
+    man = str(tmp_path / "lists" / "splits.csv")
+    pd.DataFrame(lines).to_csv(man, index=False)
+    before = _listing(root)
+    rule = ManifestSplit(man)
+    got = {r["uri"]: r["split"] for r in read_split(Location(root), None, columns=["uri", "split"], rule=rule).take_all()}
+    assert got == want
+    counts = split_summary(Location(root), rule=rule)["counts"]
+    assert {s: sum(by.values()) for s, by in counts.items()} == {"train": 10, "val": 10, "test": 10}
+    out = str(tmp_path / "model")
+    assert main(["train", root, out, "--model", "cnn", "--preset", "mgr", "--workers", "1", "--epochs", "1",
+                 "--crop-seconds", "0.4", "--batch-size", "5", "--split-manifest", man]) == 0
+    run = json.load(open(os.path.join(out, "run.json")))
+    assert run["split"] == {"manifest": man}
+    history = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert history[0]["samples"] == 10 and history[0]["val_samples"] == 10
+    assert _listing(root) == before  # nothing written next to the features
+    capsys.readouterr()
+    bad = tmp_path / "lists" / "bad.csv"
+    bad.write_text("uri,split\nx.wav,holdout\n")
+    proc = subprocess.run([sys.executable, "-m", "mgr.cli", "train", root, str(tmp_path / "m2"), "--model", "cnn",
+                           "--split-manifest", str(bad), "--num-cpus", "1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[0] == (f"mgr train: error: split manifest {bad}: unknown split value(s) "
+                                           "['holdout']; use train/val/test"), proc.stderr[-3000:]
+    assert main(["train", root, str(tmp_path / "m3"), "--model", "cnn", "--split-seed", "1", "--split-manifest", man]) == 2
+    assert "give one" in capsys.readouterr().err
 
 
 @pytest.fixture

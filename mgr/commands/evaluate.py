@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--gpu", action="store_true", help="run the model on the GPU when there is one")
     p.add_argument("--split-seed", type=int, default=None,
                    help="score the split the extraction's rule gives with this seed (as `mgr train --split-seed`)")
+    p.add_argument("--split-manifest", default=None, metavar="FILE",
+                   help="score the split a manifest's `split` column gives (as `mgr train --split-manifest`)")
     p.add_argument("--workers", type=int, default=2, help="scoring workers (Ray actors, a GPU each with --gpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object (with `accuracy`)")
     add_ray_options(p)
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from mgr.registry import resolve_model
 
     result = evaluate(resolve_model(args.model), args.features, split=args.split, hop_seconds=args.hop_seconds,
-                      use_gpu=args.gpu, endpoint_url=args.endpoint_url)
+                      use_gpu=args.gpu, endpoint_url=args.endpoint_url, split_seed=args.split_seed,
+                      split_manifest=args.split_manifest, workers=args.workers, address=args.address,
+                      num_cpus=args.num_cpus)
     print(json.dumps(result, sort_keys=True) if args.json else format_report(result))
     return 0

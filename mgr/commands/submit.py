@@ -18,7 +18,7 @@ from mgr.errors import ConfigError, JobError
 __all__ = ["register", "run", "split_submit_options", "job_arguments"]
 
 #: options whose value is a local path (made absolute) besides the positionals, per kind
-PATH_OPTIONS = {"label": {"--model"}, "reproduce": {"--data", "--tracks"}}
+PATH_OPTIONS = {"label": {"--model"}, "reproduce": {"--data", "--tracks"}, "train": {"--split-manifest"}}
 
 EPILOG = """\
 examples:

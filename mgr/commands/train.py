@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--split-seed", type=int, default=None,
                    help="train on another split of the same features: the extraction's split rule with this "
                    "seed, computed per row on the fly (no copy); default: the stored split")
+    p.add_argument("--split-manifest", default=None, metavar="FILE",
+                   help="train on the splits of this CSV/Parquet manifest's `split` column (train/val/test; "
+                   "rows found by `uri` and/or `track_id`; rows it does not name are left out), no copy")
     p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the last checkpoint)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_ray_options(p)
@@ -69,6 +72,7 @@ def config_from_args(args: argparse.Namespace):
         patience=args.patience,
         seed=args.seed,
         split_seed=args.split_seed,
+        split_manifest=args.split_manifest,
         max_failures=args.max_failures,
         address=args.address,
         num_cpus=args.num_cpus,

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mgr.datasets.featureset import decode_mels, feature_config, read_manifest
-from mgr.datasets.sources.split import SplitRule
+from mgr.datasets.sources.split import ManifestSplit, SplitRule
 from mgr.errors import JobError, ModelError
 from mgr.inference.calibration import (CalibrationSums, apply_temperature, calibration_sums,
                                        expected_calibration_error)
@@ -118,7 +118,7 @@ def _merge(total: dict | None, part: dict) -> dict:
 
 def score_split(model: Location | str, features: Location | str, *, split: str = "test",
                 hop_seconds: float | None = None, temperatures: Sequence[float] | None = None,
-                rule: SplitRule | None = None, workers: int = 2, use_gpu: bool = False, batch_size: int = 64,
+                rule: SplitRule | ManifestSplit | None = None, workers: int = 2, use_gpu: bool = False, batch_size: int = 64,
                 endpoint_url: str | None = None, loaded: LoadedModel | None = None,
                 expected: int | None = None) -> dict[str, Any]:
     """Score the labelled rows of ``split`` on Ray workers; return the merged sums.
@@ -185,13 +185,14 @@ def score_split(model: Location | str, features: Location | str, *, split: str =
 
 def evaluate(model_dir: Location | str, features: Location | str, *, split: str = "test",
              hop_seconds: float | None = None, batch_size: int = 64, use_gpu: bool = False,
-             endpoint_url: str | None = None, loaded: LoadedModel | None = None, rule: SplitRule | None = None,
-             split_seed: int | None = None, workers: int = 2, temperatures: Sequence[float] | None = None,
+             endpoint_url: str | None = None, loaded: LoadedModel | None = None, rule: SplitRule | ManifestSplit | None = None,
+             split_seed: int | None = None, split_manifest: str | None = None, workers: int = 2, temperatures: Sequence[float] | None = None,
              address: str | None = None, num_cpus: int | None = None, expected: int | None = None) -> dict[str, Any]:
     """Score a model directory on the labeled rows of ``split`` (Ray workers; starts a local Ray if needed).
 
     ``split_seed`` (or a :class:`SplitRule` ``rule``) scores the split that the extraction's
-    rule with that seed gives (as ``mgr train --split-seed``), computed per row.
+    rule with that seed gives (as ``mgr train --split-seed``), computed per row;
+    ``split_manifest`` the split of a manifest's ``split`` column (``mgr train --split-manifest``).
 
     Returns
     -------
@@ -207,10 +208,12 @@ def evaluate(model_dir: Location | str, features: Location | str, *, split: str 
     from mgr.pipelines.runtime import ray_session
 
     model_dir = Location.of(model_dir, endpoint_url=endpoint_url)
-    if split_seed is not None and rule is None:
+    if (split_seed is not None or split_manifest is not None) and rule is None:
         from mgr.pipelines.train_data import split_rule
 
-        rule = split_rule(read_manifest(Location.of(features, endpoint_url=endpoint_url)), split_seed)
+        rule = split_rule(read_manifest(Location.of(features, endpoint_url=endpoint_url)), split_seed,
+                          split_manifest=split_manifest and Location.of(split_manifest, endpoint_url=endpoint_url).uri,
+                          endpoint_url=endpoint_url)
     with ray_session(address=address, num_cpus=num_cpus, endpoint_url=model_dir.endpoint_url):
         sums = score_split(model_dir, features, split=split, hop_seconds=hop_seconds, temperatures=temperatures,
                            rule=rule, workers=workers, use_gpu=use_gpu, batch_size=batch_size,

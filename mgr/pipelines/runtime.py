@@ -11,8 +11,9 @@ The console shows mgr's lines, not Ray's (unless ``--verbose`` / ``MGR_VERBOSE=1
   Python warnings, C++ logs of Ray's actors, among them Ray Train's PlacementGroupCleaner)
   in the session folder's ``worker-*.err`` files, where Ray writes it anyway;
 - Ray Data logs go to ``ray-data.log`` in the session folder only (its console handler
-  is raised to ERROR through ``RAY_DATA_LOGGING_CONFIG`` and on the driver's handler), and
-  its progress bars are off (mgr prints its own progress);
+  is raised to CRITICAL through ``RAY_DATA_LOGGING_CONFIG`` and on the driver's handler:
+  a failed task's error is mgr's one line, not Ray Data's traceback), and its progress
+  bars are off (mgr prints its own progress);
 - the driver's ``ray`` logger prints errors only.
 
 Why not the State API: Ray Train V2 always starts a detached ``PlacementGroupCleaner`` that
@@ -71,7 +72,7 @@ def worker_pool_env(num_cpus: int | None = None) -> dict[str, str]:
     return {"RAY_num_workers_soft_limit": os.environ.get("RAY_num_workers_soft_limit", str(4 * cpus + 4))}
 
 
-#: the Ray Data logging config of a quiet run: Ray's default, its console handler at ERROR
+#: the Ray Data logging config of a quiet run: Ray's default, its console handler at CRITICAL
 _RAY_DATA_QUIET = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -80,7 +81,7 @@ _RAY_DATA_QUIET = {
     "handlers": {
         "file": {"class": "ray.data._internal.logging.SessionFileHandler", "formatter": "ray",
                  "filename": "ray-data.log"},
-        "console": {"class": "ray._private.log.PlainRayHandler", "formatter": "ray", "level": "ERROR",
+        "console": {"class": "ray._private.log.PlainRayHandler", "formatter": "ray", "level": "CRITICAL",
                     "filters": ["console_filter"]},
     },
     "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}},
@@ -139,7 +140,7 @@ def quiet_ray_console() -> None:
         pass
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.CRITICAL)
     ray.data.DataContext.get_current().enable_progress_bars = False  # mgr prints its own progress
     try:
         from ray._private import worker as ray_worker

@@ -18,7 +18,7 @@ from typing import Any
 
 from mgr.audio.features import pad_value
 from mgr.datasets.featureset import feature_config, read_manifest
-from mgr.datasets.sources.split import SplitRule
+from mgr.datasets.sources.split import ManifestSplit, SplitRule
 from mgr.errors import ConfigError, JobError, MgrError, StorageError, user_error
 from mgr.io.location import Location
 from mgr.pipelines.train_config import TrainJobConfig
@@ -45,7 +45,7 @@ class Plan:
     genres: list
     recipe: engine.TrainRecipe
     model_config: dict
-    rule: SplitRule | None
+    rule: SplitRule | ManifestSplit | None
     counts: dict
     run: dict
 
@@ -93,7 +93,8 @@ def _resolve(config: TrainJobConfig) -> Plan:
     build_model(config.model, **model_config)
     from mgr.pipelines.train_data import split_rule
 
-    rule = split_rule(manifest, config.split_seed)
+    rule = split_rule(manifest, config.split_seed, split_manifest=config.split_manifest,
+                      endpoint_url=config.endpoint_url)
     return Plan(config=config, manifest=manifest, genres=genres, recipe=recipe, model_config=model_config,
                 rule=rule, counts={}, run={})
 
@@ -153,7 +154,7 @@ def _fix_run(plan: Plan) -> Plan:
 def _announce(plan: Plan) -> None:
     c = plan.config
     if c.verbose:
-        split = f", split seed {plan.rule.seed}" if plan.rule else ""
+        split = f", {plan.rule.describe()}" if plan.rule else ""
         print(f"mgr train: {c.model}/{c.preset} on {plan.counts['train']} train, {plan.counts['val']} val clips, "
               f"{len(plan.genres)} genres, window {plan.recipe.window_frames} frames, {c.workers} worker(s)"
               f"{' on GPU' if c.use_gpu else ''}{split}", flush=True)

@@ -47,6 +47,10 @@ class TrainJobConfig:
         Train on another split of the same features: the extraction's split rule (its
         ratios and grouping, from ``_features.json``) with this seed, computed per row on
         the fly (no copy of the dataset). None: the stored ``split`` column.
+    split_manifest : str, optional
+        Train on the splits a manifest's ``split`` column gives (``uri`` and/or ``track_id``
+        name the rows; see :class:`~mgr.datasets.sources.split.ManifestSplit`), read by the
+        workers, no copy. Not with ``split_seed``.
     max_failures : int
         Worker failures to recover from (from the last checkpoint).
     address, num_cpus : optional
@@ -73,6 +77,7 @@ class TrainJobConfig:
     patience: int | None = None
     seed: int = 0
     split_seed: int | None = None
+    split_manifest: str | None = None
     max_failures: int = 3
     address: str | None = None
     num_cpus: int | None = None
@@ -109,6 +114,10 @@ class TrainJobConfig:
             raise ConfigError(f"--split-seed must be 0 or more, got {self.split_seed}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"--num-cpus must be at least 1, got {self.num_cpus}")
+        if self.split_seed is not None and self.split_manifest is not None:
+            raise ConfigError("--split-seed and --split-manifest both choose the split; give one")
+        if self.split_manifest is not None:
+            object.__setattr__(self, "split_manifest", Location.of(self.split_manifest).uri)
 
     @property
     def endpoint_url(self) -> str | None:

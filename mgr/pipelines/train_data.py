@@ -4,8 +4,9 @@ Nothing here brings per-clip data to the driver. Every stream starts with one re
 Parquet file (:func:`read_split`, through :meth:`Location.arrow_filesystem`, so S3 reads
 retry as mgr's own do) whose scan reads only the needed columns and only the usable,
 labelled rows of one split (projection and filter pushed down to pyarrow); a
-:class:`~mgr.datasets.sources.split.SplitRule` replaces the stored ``split`` column by one
-computed per row. Read and map tasks take fractional CPUs (:data:`INGEST_CPUS`) so training
+:class:`~mgr.datasets.sources.split.SplitRule` (the extraction's rule, another seed) or a
+:class:`~mgr.datasets.sources.split.ManifestSplit` (a manifest's ``split`` column) replaces
+the stored ``split`` column by one computed per row. Read and map tasks take fractional CPUs (:data:`INGEST_CPUS`) so training
 workers on the cores of a machine do not starve their own ingest. The driver receives only
 aggregates, as a stream: counts per split and label (:func:`split_summary`) and per-block
 partial sums of the normalisation (:func:`band_statistics`).
@@ -18,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from mgr.datasets.featureset import decode_mels, parquet_files
-from mgr.datasets.sources.split import SplitRule
+from mgr.datasets.sources.split import ManifestSplit, SplitRule
 from mgr.errors import ConfigError
 from mgr.io.location import Location
 from mgr.training.arrays import band_stats_from_sums, crop_batch
@@ -32,9 +33,17 @@ INGEST_CPUS = 0.25
 _RULE_COLUMNS = ("label", "track_id", "uri", "artist")
 
 
-def split_rule(manifest: dict, seed: int | None) -> SplitRule | None:
-    """The extraction's split rule (its ratios and grouping, from ``_features.json``) with
-    ``seed``; None (no seed) keeps the stored ``split`` column."""
+def split_rule(manifest: dict, seed: int | None, *, split_manifest: str | None = None,
+               endpoint_url: str | None = None) -> SplitRule | ManifestSplit | None:
+    """The split a run uses instead of the stored column, or None (the stored ``split``).
+
+    ``seed``: the extraction's split rule (its ratios and grouping, from ``_features.json``)
+    with this seed. ``split_manifest``: the ``split`` column of that manifest.
+    """
+    if seed is not None and split_manifest is not None:
+        raise ConfigError("--split-seed and --split-manifest both choose the split; give one")
+    if split_manifest is not None:
+        return ManifestSplit(split_manifest, endpoint_url=endpoint_url)
     if seed is None:
         return None
     stored = manifest.get("split") or {}
@@ -51,10 +60,12 @@ def _ray_data():
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # a read task's MgrError (e.g. a bad --split-manifest) reaches the driver as itself
+    ctx.raise_original_map_exception = True
     return ray.data
 
 
-def _scan_filter(split: str | None, rule: SplitRule | None):
+def _scan_filter(split: str | None, rule: SplitRule | ManifestSplit | None):
     import pyarrow.dataset as pads
 
     where = pads.field("error").is_null() & pads.field("label").is_valid()
@@ -63,22 +74,21 @@ def _scan_filter(split: str | None, rule: SplitRule | None):
     return where
 
 
-def _apply_rule(table, *, rule: SplitRule, split: str | None, keep: Sequence[str]):
-    """Rows of ``split`` under ``rule`` (all labelled rows with their computed split when None)."""
+def _apply_rule(table, *, rule: SplitRule | ManifestSplit, split: str | None, keep: Sequence[str]):
+    """Rows of ``split`` under ``rule`` (all rows with their computed split when None; rows
+    the rule puts in no split are dropped)."""
     import pyarrow as pa
 
-    labels = table.column("label").to_pylist()
-    keys = [t or u for t, u in zip(table.column("track_id").to_pylist(), table.column("uri").to_pylist())]
-    artists = table.column("artist").to_pylist()
-    splits = [rule.split_of(lab, key, art) for lab, key, art in zip(labels, keys, artists)]
+    splits = rule.splits(table)
     out = table.select(list(keep))
     if split is None:
-        return out.append_column("split", pa.array(splits, type=pa.string()))
+        known = pa.array([s is not None for s in splits], type=pa.bool_())
+        return out.append_column("split", pa.array(splits, type=pa.string())).filter(known)
     return out.filter(pa.array([s == split for s in splits], type=pa.bool_()))
 
 
 def _read_files(batch, *, features: Location, split: str | None, columns: Sequence[str],
-                rule: SplitRule | None, rows_per_block: int):
+                rule: SplitRule | ManifestSplit | None, rows_per_block: int):
     """Read task: the usable, labelled rows of ``split`` in the files of ``batch["path"]``.
 
     The column projection and the row filter go down to pyarrow's Parquet scan; the files
@@ -103,8 +113,8 @@ def _read_files(batch, *, features: Location, split: str | None, columns: Sequen
                 yield table
 
 
-def read_split(features: Location, split: str | None, *, columns: Sequence[str], rule: SplitRule | None = None,
-               shuffle_files: bool = False, rows_per_block: int = 256):
+def read_split(features: Location, split: str | None, *, columns: Sequence[str],
+               rule: SplitRule | ManifestSplit | None = None, shuffle_files: bool = False, rows_per_block: int = 256):
     """The usable, labelled rows of ``split`` as a Ray Dataset of ``columns``.
 
     One read task per Parquet file (fractional CPU), projection and filter pushed down to
@@ -121,7 +131,7 @@ def read_split(features: Location, split: str | None, *, columns: Sequence[str],
         ``columns`` may then name).
     columns : sequence of str
         Columns to read.
-    rule : SplitRule, optional
+    rule : SplitRule or ManifestSplit, optional
         Compute the split per row instead of reading the stored column.
     shuffle_files : bool
         Read the files in a new random order each pass (training).
@@ -150,7 +160,7 @@ def _count_block(batch) -> dict:
     return {"counts": np.array([json.dumps(counts)]), "n_mels": np.array([json.dumps(n_mels)])}
 
 
-def split_summary(features: Location, *, rule: SplitRule | None = None) -> dict:
+def split_summary(features: Location, *, rule: SplitRule | ManifestSplit | None = None) -> dict:
     """Usable labelled rows per split and label, and the ``n_mels`` values seen.
 
     Each block counts its rows (no ``mel`` read); the driver adds the counts up as they
@@ -189,7 +199,7 @@ def _partial_sums(batch, *, n_mels: int) -> dict:
     return {"sum": total[None], "sq": sq[None], "count": np.array([count], dtype=np.int64)}
 
 
-def band_statistics(features: Location, *, n_mels: int, rule: SplitRule | None = None) -> tuple[np.ndarray, np.ndarray]:
+def band_statistics(features: Location, *, n_mels: int, rule: SplitRule | ManifestSplit | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and std of the train split from a distributed pass.
 
     Each block yields its partial sums (:func:`_partial_sums`); the driver adds them up as
@@ -242,7 +252,7 @@ class _Targets:
 
 
 def train_stream(features: Location, *, genres: Sequence[str], width: int, pad: float, crop: bool,
-                 rule: SplitRule | None = None):
+                 rule: SplitRule | ManifestSplit | None = None):
     """The train split as model inputs: ``x`` ``[n_mels, W]`` float16 windows and ``y`` class indices.
 
     Clips are cropped (a random window each epoch when ``crop``, else their first ``W``
@@ -254,7 +264,7 @@ def train_stream(features: Location, *, genres: Sequence[str], width: int, pad: 
     return ds.map_batches(fn.windows, batch_format="pyarrow", num_cpus=INGEST_CPUS)
 
 
-def val_stream(features: Location, split: str, *, genres: Sequence[str], rule: SplitRule | None = None):
+def val_stream(features: Location, split: str, *, genres: Sequence[str], rule: SplitRule | ManifestSplit | None = None):
     """Whole tracks of ``split`` (``mel``, ``n_mels``, ``n_frames``, ``y``) for window voting."""
     ds = read_split(features, split, columns=["label", "n_mels", "n_frames", "mel"], rule=rule)
     return ds.map_batches(_Targets(genres).tracks, batch_format="pyarrow", num_cpus=INGEST_CPUS)

@@ -9,13 +9,14 @@ up to sampling noise of about ±sqrt(n·p·(1-p)) tracks per genre).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
-from mgr.errors import ConfigError
+from mgr.errors import ConfigError, LabelSourceError
 
-__all__ = ["parse_ratios", "assign_splits", "unit_hash", "SPLIT_NAMES", "SplitRule"]
+__all__ = ["parse_ratios", "assign_splits", "unit_hash", "SPLIT_NAMES", "SplitRule", "ManifestSplit", "rule_from_dict"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -121,10 +122,134 @@ class SplitRule:
         p_train, p_val, _ = self.ratios
         return "train" if u < p_train else ("val" if u < p_train + p_val else "test")
 
+    def splits(self, table) -> list:
+        """The split of each row of ``table`` (columns ``label``, ``track_id``, ``uri``, ``artist``)."""
+        labels = table.column("label").to_pylist()
+        keys = [t or u for t, u in zip(table.column("track_id").to_pylist(), table.column("uri").to_pylist())]
+        artists = table.column("artist").to_pylist()
+        return [self.split_of(lab, key, art) for lab, key, art in zip(labels, keys, artists)]
+
     def to_dict(self) -> dict:
         return {"seed": self.seed, "ratios": list(self.ratios), "group_by": self.group_by}
+
+    def describe(self) -> str:
+        """The rule in the words of a console line."""
+        return f"split seed {self.seed}"
 
     @classmethod
     def from_dict(cls, d: dict) -> "SplitRule":
         return cls(seed=int(d.get("seed", 0)), ratios=tuple(d.get("ratios") or (0.7, 0.2, 0.1)),
                    group_by=d.get("group_by"))
+
+
+#: the split names a manifest may use, and what they mean
+_SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val",
+                "test": "test"}
+
+
+@dataclass(frozen=True)
+class ManifestSplit:
+    """The splits of a manifest's ``split`` column, applied to rows on the fly (no copy).
+
+    The manifest (CSV or Parquet) has a ``split`` column (train/val/test; empty: the row is
+    in no split) and ``uri`` and/or ``track_id`` to find each features row: by ``uri``
+    first (absolute, or relative to the manifest's folder), then by ``track_id``. Features
+    rows the manifest does not name are in no split. Each worker process reads the file
+    once (the driver never does).
+
+    Attributes
+    ----------
+    uri : str
+        The manifest (a path or ``s3://`` URI).
+    endpoint_url : str, optional
+    """
+
+    uri: str
+    endpoint_url: str | None = None
+
+    def splits(self, table) -> list:
+        """The split of each row of ``table`` (columns ``label``, ``track_id``, ``uri``).
+
+        Raises
+        ------
+        LabelSourceError
+            The manifest is missing, unparseable, lacks ``split`` or both keys, or uses an
+            unknown split name.
+        """
+        by_uri, by_id = _manifest_splits(self.uri, self.endpoint_url)
+        labels = table.column("label").to_pylist()
+        out = []
+        for lab, uri, tid in zip(labels, table.column("uri").to_pylist(), table.column("track_id").to_pylist()):
+            split = by_uri.get(uri)
+            if split is None and tid is not None:
+                split = by_id.get(tid)
+            out.append(split if lab is not None else None)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"manifest": self.uri}
+
+    def describe(self) -> str:
+        """The rule in the words of a console line."""
+        return f"split from {self.uri}"
+
+
+def rule_from_dict(d: dict | None) -> "SplitRule | ManifestSplit | None":
+    """The split rule a ``run.json`` records (``provenance.split``), or None (the stored split)."""
+    if not d:
+        return None
+    return ManifestSplit(d["manifest"]) if "manifest" in d else SplitRule.from_dict(d)
+
+
+@functools.lru_cache(maxsize=2)
+def _manifest_splits(uri: str, endpoint_url: str | None) -> tuple[dict, dict]:
+    """``({uri: split}, {track_id: split})`` of a split manifest (read once per process)."""
+    import posixpath
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from mgr.errors import StorageError
+    from mgr.io.location import Location
+
+    loc = Location.of(uri, endpoint_url=endpoint_url)
+    try:
+        with loc.fs.open(loc.path, "rb") as fh:
+            if uri.lower().endswith((".parquet", ".pq")):
+                table = pq.read_table(fh)
+            else:
+                opts = pcsv.ConvertOptions(column_types={"uri": pa.string(), "track_id": pa.string(),
+                                                         "split": pa.string()}, strings_can_be_null=True)
+                table = pcsv.read_csv(fh, convert_options=opts)
+    except FileNotFoundError:
+        raise LabelSourceError(f"split manifest {uri} not found") from None
+    except (OSError, pa.ArrowInvalid, StorageError) as exc:
+        raise LabelSourceError(f"cannot read split manifest {uri}: {str(exc).splitlines()[0]}") from None
+    names = table.column_names
+    if "split" not in names or not ({"uri", "track_id"} & set(names)):
+        raise LabelSourceError(f"split manifest {uri} needs a 'split' column and 'uri' and/or 'track_id' "
+                               f"(columns: {names})")
+    words = [None if w is None or str(w).strip() == "" else str(w).strip().lower()
+             for w in pc.cast(table.column("split"), pa.string()).to_pylist()]
+    bad = sorted({w for w in words if w is not None and w not in _SPLIT_WORDS})
+    if bad:
+        raise LabelSourceError(f"split manifest {uri}: unknown split value(s) {bad[:5]}; use train/val/test")
+    splits = [None if w is None else _SPLIT_WORDS[w] for w in words]
+    base = loc.uri.rsplit("/", 1)[0]
+    by_uri: dict = {}
+    by_id: dict = {}
+    if "uri" in names:
+        for u, s in zip(pc.cast(table.column("uri"), pa.string()).to_pylist(), splits):
+            if u and s:
+                if not ("://" in u or u.startswith("/")):
+                    proto, _, rest = base.rpartition("://")
+                    joined = posixpath.normpath(posixpath.join(rest, u))
+                    u = f"{proto}://{joined}" if proto else joined
+                by_uri[u] = s
+    if "track_id" in names:
+        for t, s in zip(pc.cast(table.column("track_id"), pa.string()).to_pylist(), splits):
+            if t and s:
+                by_id[t] = s
+    return by_uri, by_id
