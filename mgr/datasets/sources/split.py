@@ -176,7 +176,7 @@ class ManifestSplit:
             The manifest is missing, unparseable, lacks ``split`` or both keys, or uses an
             unknown split name.
         """
-        by_uri, by_id = _manifest_splits(self.uri, self.endpoint_url)
+        by_uri, by_id = _manifest_splits(self.uri, self.endpoint_url, _stamp(self.uri, self.endpoint_url))
         labels = table.column("label").to_pylist()
         out = []
         for lab, uri, tid in zip(labels, table.column("uri").to_pylist(), table.column("track_id").to_pylist()):
@@ -201,9 +201,23 @@ def rule_from_dict(d: dict | None) -> "SplitRule | ManifestSplit | None":
     return ManifestSplit(d["manifest"]) if "manifest" in d else SplitRule.from_dict(d)
 
 
+def _stamp(uri: str, endpoint_url: str | None) -> tuple:
+    """What identifies the manifest's current content (size, mtime or ETag): a changed file
+    is read again by a long-lived worker."""
+    from mgr.io.location import Location
+
+    loc = Location.of(uri, endpoint_url=endpoint_url)
+    try:
+        info = loc.fs.info(loc.path)
+    except OSError:
+        return ()  # missing: the read says so
+    return (info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified"))
+
+
 @functools.lru_cache(maxsize=2)
-def _manifest_splits(uri: str, endpoint_url: str | None) -> tuple[dict, dict]:
-    """``({uri: split}, {track_id: split})`` of a split manifest (read once per process)."""
+def _manifest_splits(uri: str, endpoint_url: str | None, _stamp: tuple = ()) -> tuple[dict, dict]:
+    """``({uri: split}, {track_id: split})`` of a split manifest (read once per process and
+    content ``_stamp``)."""
     import posixpath
 
     import pyarrow as pa
