@@ -44,6 +44,44 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_pipeline_actors():
+    """After each test, the session's Ray has all its CPUs back.
+
+    Many jobs share this one Ray (a CLI run has its own, gone when it exits). Ray Data
+    releases a finished or failed dataset's actor pool by dropping its handles; an actor
+    that produced blocks still referenced (lineage, an exception's traceback) can outlive
+    its job and keep a CPU, and a later training test then waits forever for its ingest
+    tasks' quarter CPU. Wait for the CPUs to come back; kill Ray Data pool actors that do not.
+    """
+    yield
+    import gc
+    import signal
+    import sys
+    import time
+
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    deadline = time.time() + 20
+    while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        gc.collect()
+        time.sleep(0.5)
+    if ray.available_resources().get("CPU", 0) >= total:
+        return
+    from ray._private import state
+
+    for info in state.actors().values():
+        if info.get("State") == "ALIVE" and str(info.get("ActorClassName", "")).startswith("MapWorker("):
+            print(f"conftest: killing leftover {info['ActorClassName']} (pid {info['Pid']})", file=sys.stderr)
+            try:
+                os.kill(int(info["Pid"]), signal.SIGKILL)
+            except (OSError, TypeError, ValueError):
+                pass
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint (moto's ThreadedMotoServer) on 127.0.0.1; yields its URL.
