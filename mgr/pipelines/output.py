@@ -228,18 +228,6 @@ class DatasetOutput:
     def write_marker(self, content: dict) -> None:
         self.marker.write_json(content)
 
-    def _replan(self, work) -> Plan:
-        """:meth:`plan` after a lost node; its own tasks may still meet the dying node, so a
-        planning failure that is not the user's is tried again (at most three times)."""
-        for attempt in range(3):
-            try:
-                return self.plan(work, retry_errors=False)
-            except JobError:
-                if attempt == 2:
-                    raise
-                time.sleep(2.0)
-        raise AssertionError("unreachable")
-
     def plan(self, work, *, retry_errors: bool = False, ignore_output: bool = False) -> Plan:
         """The work minus what OUTPUT holds (``ignore_output``: all of it; ``--overwrite``)."""
         return Plan(**self._call("plan", work, retry_errors=retry_errors, ignore_output=ignore_output))
@@ -291,7 +279,7 @@ class DatasetOutput:
                 raise JobError(message)
             time.sleep(2.0)  # let the dead pipeline's last writers finish or die
             self._call("clean")
-            plan = self._replan(work)
+            plan = self.plan(work, retry_errors=False)
             if plan.todo == 0:
                 return totals
         raise JobError(f"{what}: nodes kept failing; re-run the command to resume")
