@@ -308,6 +308,28 @@ print("RESULT " + json.dumps(result), flush=True)
 '''
 
 
+def test_planning_failures_name_their_cause():
+    """A planning failure says why (it said "planning failed: None" when the cause was a
+    planner lost with its node); an mgr error behind Ray's wrapper is raised as itself."""
+    from ray.exceptions import ActorUnavailableError
+
+    from mgr.errors import StorageError
+    from mgr.pipelines.output import _raise_user_error, lost_node
+
+    gone = ActorUnavailableError("The actor is temporarily unavailable: Connection refused", b"\0" * 16)
+    assert lost_node(gone) and not lost_node(RuntimeError("disk full"))
+    with pytest.raises(JobError, match="planning failed: The actor .* is unavailable"):
+        _raise_user_error(gone)
+    try:
+        try:
+            raise StorageError("s3://b/out: access denied")
+        except StorageError as inner:
+            raise RuntimeError("remote traceback ...") from inner
+    except RuntimeError as wrapped:
+        with pytest.raises(StorageError, match="access denied"):
+            _raise_user_error(wrapped)
+
+
 @pytest.mark.skipif(os.environ.get("MGR_NODE_LOSS_TEST") != "1",
                     reason="runs in its own pytest session (MGR_NODE_LOSS_TEST=1, the second step of make "
                     "test): three more Ray nodes beside the suite's own Ray starve each other on small machines")

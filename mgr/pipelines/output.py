@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from mgr.errors import JobError, MgrError, worker_cause
+from mgr.errors import JobError, user_error, worker_cause
 from mgr.io.location import Location
 from mgr.io.parts import TMP_PREFIX
 from mgr.pipelines.catalog import PartSummary, merge_summary
@@ -148,13 +148,9 @@ def _raise_user_error(exc: BaseException):
     Ray hands back a wrapper that is an instance of the error's class too (its text a
     remote traceback); the error itself is its ``cause``.
     """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None)
-        if isinstance(exc, MgrError) and not isinstance(inner, BaseException):
-            raise exc.with_traceback(None) from None
-        exc = inner if isinstance(inner, BaseException) else (exc.__cause__ or exc.__context__)
+    error = user_error(exc)
+    if error is not None:
+        raise error.with_traceback(None) from None
     raise JobError(f"planning failed: {worker_cause(exc)}") from None
 
 
@@ -196,8 +192,10 @@ class DatasetOutput:
         from mgr.pipelines.planner import Planner
 
         with self.location.lock(command=self.command):
+            # Pinned (not merely preferred) to the driver's node: the planner must outlive any
+            # other node, and a soft preference was seen spilling it to a worker that then died.
             node = ray.get_runtime_context().get_node_id()
-            strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+            strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=False)
             self._planner = Planner.options(num_cpus=0, scheduling_strategy=strategy).remote(
                 self.location, read_columns=self.read_columns, check_columns=self.check_columns,
                 remove_unreadable=self.remove_unreadable, summarize=self.summarize,
