@@ -11,8 +11,6 @@ can be compared in one reduce task (the resume anti-join, the exactly-once check
 
 from __future__ import annotations
 
-import os
-import posixpath
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -89,14 +87,6 @@ def audio_rows(uris: list[str], sizes: list[int]) -> pa.Table:
 
 # --------------------------------------------------------------------------- manifests
 
-def _normjoin(base: str, rel: str) -> str:
-    """``base`` folder + relative ``rel``, with ``..`` resolved (local path or URI)."""
-    if "://" in base:
-        proto, rest = base.split("://", 1)
-        return f"{proto}://{posixpath.normpath(posixpath.join(rest, rel))}"
-    return os.path.normpath(os.path.join(os.path.abspath(base), rel))
-
-
 def read_manifest_files(files: Sequence[Location]) -> pa.Table:
     """Read manifest files (CSV or Parquet) into the work rows of ``mgr label``.
 
@@ -113,6 +103,7 @@ def read_manifest_files(files: Sequence[Location]) -> pa.Table:
     import pyarrow.parquet as pq
 
     from mgr.datasets.sources import track_id_from_uri
+    from mgr.datasets.sources.manifest import manifest_uri
     from mgr.errors import LabelSourceError
 
     out = []
@@ -135,7 +126,7 @@ def read_manifest_files(files: Sequence[Location]) -> pa.Table:
         raw = cols.pop("uri").to_pylist()
         given = cols.pop("track_id").to_pylist() if "track_id" in cols else [None] * len(raw)
         keep = [i for i, u in enumerate(raw) if u]
-        uris = [raw[i] if ("://" in raw[i] or raw[i].startswith("/")) else _normjoin(base, raw[i]) for i in keep]
+        uris = [manifest_uri(raw[i], base) for i in keep]
         ids = [given[i] or track_id_from_uri(u) for i, u in zip(keep, uris)]
         idx = pa.array(keep, pa.int64())
         data = {"uri": pa.array(uris, pa.string()), "track_id": pa.array(ids, pa.string())}

@@ -16,10 +16,9 @@ import pandas as pd
 from mgr.io.location import Location
 from mgr.errors import LabelSourceError, StorageError
 from mgr.datasets.sources import track_id_from_uri
+from mgr.datasets.sources.split import SPLIT_WORDS as _SPLITS
 
 __all__ = ["read_manifest", "manifest_records", "manifest_uri"]
-
-_SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
 
 def read_manifest(path: str, *, endpoint_url: str | None = None) -> pd.DataFrame:
@@ -55,8 +54,8 @@ def read_manifest(path: str, *, endpoint_url: str | None = None) -> pd.DataFrame
 
 
 def manifest_uri(uri: str, input_uri: str) -> str:
-    """A manifest's ``uri`` as INPUT's listing names it: absolute ones as they are, relative
-    ones below ``input_uri`` (``./`` and ``..`` resolved)."""
+    """A manifest's ``uri`` as a listing names it: absolute ones as they are, relative ones
+    below ``input_uri`` (INPUT, or the manifest's folder; ``./`` and ``..`` resolved)."""
     if "://" in uri or uri.startswith("/") or not input_uri:
         return uri
     if "://" in input_uri:

@@ -16,9 +16,13 @@ from typing import Sequence
 
 from mgr.errors import ConfigError, LabelSourceError
 
-__all__ = ["parse_ratios", "assign_splits", "unit_hash", "SPLIT_NAMES", "SplitRule", "ManifestSplit", "rule_from_dict"]
+__all__ = ["parse_ratios", "assign_splits", "unit_hash", "SPLIT_NAMES", "SPLIT_WORDS", "SplitRule", "ManifestSplit"]
 
 SPLIT_NAMES = ("train", "val", "test")
+
+#: the split names a manifest may use, and what they mean
+SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val",
+               "test": "test"}
 
 
 def parse_ratios(text: str | Sequence[float]) -> tuple[float, float, float]:
@@ -142,11 +146,6 @@ class SplitRule:
                    group_by=d.get("group_by"))
 
 
-#: the split names a manifest may use, and what they mean
-_SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val",
-                "test": "test"}
-
-
 @dataclass(frozen=True)
 class ManifestSplit:
     """The splits of a manifest's ``split`` column, applied to rows on the fly (no copy).
@@ -194,13 +193,6 @@ class ManifestSplit:
         return f"split from {self.uri}"
 
 
-def rule_from_dict(d: dict | None) -> "SplitRule | ManifestSplit | None":
-    """The split rule a ``run.json`` records (``provenance.split``), or None (the stored split)."""
-    if not d:
-        return None
-    return ManifestSplit(d["manifest"]) if "manifest" in d else SplitRule.from_dict(d)
-
-
 def _stamp(uri: str, endpoint_url: str | None) -> tuple:
     """What identifies the manifest's current content (size, mtime or ETag): a changed file
     is read again by a long-lived worker."""
@@ -218,13 +210,12 @@ def _stamp(uri: str, endpoint_url: str | None) -> tuple:
 def _manifest_splits(uri: str, endpoint_url: str | None, _stamp: tuple = ()) -> tuple[dict, dict]:
     """``({uri: split}, {track_id: split})`` of a split manifest (read once per process and
     content ``_stamp``)."""
-    import posixpath
-
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
+    from mgr.datasets.sources.manifest import manifest_uri
     from mgr.errors import StorageError
     from mgr.io.location import Location
 
@@ -247,21 +238,17 @@ def _manifest_splits(uri: str, endpoint_url: str | None, _stamp: tuple = ()) -> 
                                f"(columns: {names})")
     words = [None if w is None or str(w).strip() == "" else str(w).strip().lower()
              for w in pc.cast(table.column("split"), pa.string()).to_pylist()]
-    bad = sorted({w for w in words if w is not None and w not in _SPLIT_WORDS})
+    bad = sorted({w for w in words if w is not None and w not in SPLIT_WORDS})
     if bad:
         raise LabelSourceError(f"split manifest {uri}: unknown split value(s) {bad[:5]}; use train/val/test")
-    splits = [None if w is None else _SPLIT_WORDS[w] for w in words]
+    splits = [None if w is None else SPLIT_WORDS[w] for w in words]
     base = loc.uri.rsplit("/", 1)[0]
     by_uri: dict = {}
     by_id: dict = {}
     if "uri" in names:
         for u, s in zip(pc.cast(table.column("uri"), pa.string()).to_pylist(), splits):
             if u and s:
-                if not ("://" in u or u.startswith("/")):
-                    proto, _, rest = base.rpartition("://")
-                    joined = posixpath.normpath(posixpath.join(rest, u))
-                    u = f"{proto}://{joined}" if proto else joined
-                by_uri[u] = s
+                by_uri[manifest_uri(u, base)] = s
     if "track_id" in names:
         for t, s in zip(pc.cast(table.column("track_id"), pa.string()).to_pylist(), splits):
             if t and s:
