@@ -249,3 +249,28 @@ def test_extract_joins_label_files_on_the_workers(ray_local, tmp_path, monkeypat
     man_rows = {r["uri"]: r for r in pq.read_table(str(tmp_path / "manifest")).to_pylist()}
     assert man_rows[str(fma / "notes" / "README.wav")]["label"] == "Noise"
     assert man_rows[str(fma / "gone.wav")]["error"] == "listed in the manifest but not found under INPUT"
+
+
+def test_a_flat_folder_is_planned_as_blocks_for_every_cpu(ray_local, tmp_path):
+    """A flat folder is one listing task and one hash partition; its todo is still cut into
+    about four blocks per CPU (a map stage gives a block to one task: one block was one actor
+    working through the whole catalog while the others waited), every file in one block."""
+    import ray
+
+    from mgr.io.location import Location
+    from mgr.pipelines.catalog import audio_rows
+    from mgr.pipelines.output import DatasetOutput, Listing
+
+    names = [f"t{i:02d}.wav" for i in range(13)]
+    for n in names:
+        (tmp_path / "cat").mkdir(exist_ok=True)
+        (tmp_path / "cat" / n).write_bytes(b"RIFF")  # only listed here, never decoded
+    out = DatasetOutput(Location(str(tmp_path / "out")), command="test", marker="_SUCCESS.json")
+    with out.open():
+        plan = out.plan(Listing(Location(str(tmp_path / "cat")), audio_rows))
+        blocks = [ray.get(r) for r in plan.todo_refs]
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert plan.todo == 13 and len(blocks) >= 4 * cpus
+    assert sum(1 for b in blocks if b.num_rows) >= 4 * cpus  # several non-empty blocks, not one
+    uris = [u for b in blocks for u in b.column("uri").to_pylist()]
+    assert sorted(os.path.basename(u) for u in uris) == names

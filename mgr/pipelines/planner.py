@@ -104,9 +104,10 @@ def _concat(tables) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
-@ray.remote(num_returns=3)
-def _reduce(n_out: int, *tables):
-    """One partition: work minus done keys (+ ``retry`` flag), the work's keys, counts."""
+@ray.remote
+def _reduce(n_out: int, slices: int, *tables):
+    """One partition: work minus done keys (+ ``retry`` flag) cut into ``slices`` blocks of
+    consecutive rows, then the work's keys and the counts (``slices + 2`` returns)."""
     out, work = _concat(tables[:n_out]), _concat(tables[n_out:])
     if work is None:
         work = pa.table({KEY: pa.array([], pa.string())})
@@ -126,7 +127,8 @@ def _reduce(n_out: int, *tables):
         flag = pa.array([False] * work.num_rows, pa.bool_())
     todo = todo.append_column("retry", flag)
     stats = {"work": work.num_rows, "todo": todo.num_rows, "retry": int(pc.sum(flag).as_py() or 0)}
-    return todo, work.select([KEY]), stats
+    bounds = [todo.num_rows * i // slices for i in range(slices + 1)]  # sizes differ by at most one
+    return (*(todo.slice(a, b - a) for a, b in zip(bounds, bounds[1:])), work.select([KEY]), stats)
 
 
 @ray.remote
@@ -252,11 +254,14 @@ class Planner:
         work_refs = [fn.options(**opts).remote(*args, n) for fn, args in tasks]
         out_stats = ray.get([r[n] for r in out_refs])
         work_stats = ray.get([r[n] for r in work_refs])
-        reduced = [_reduce.options(num_cpus=PLAN_CPUS).remote(len(out_refs), *[r[i] for r in out_refs],
-                                                              *[r[i] for r in work_refs]) for i in range(n)]
+        # A map stage gives each todo block to one task: a flat folder or one manifest is a
+        # single partition, so each is cut into slices, about four blocks per CPU in all.
+        k = max(1, math.ceil(4 * self.cpus / n))
+        reduced = [_reduce.options(num_cpus=PLAN_CPUS, num_returns=k + 2).remote(
+            len(out_refs), k, *[r[i] for r in out_refs], *[r[i] for r in work_refs]) for i in range(n)]
         del out_refs, work_refs
-        stats = ray.get([r[2] for r in reduced])
-        self.keys = [r[1] for r in reduced]
+        stats = ray.get([r[k + 1] for r in reduced])
+        self.keys = [r[k] for r in reduced]
         output: dict[str, Any] = {"rows": 0, "errors": 0, "model_ids": set(), "columns": None, "genres": None,
                                   "removed": 0}
         self.retry_parts = []
@@ -279,7 +284,7 @@ class Planner:
                                            f"{list(s['columns'])}")
             merge_summary(work_summary, {k: v for k, v in s.items() if k in ("labels", "listed", "matched")})
         todo = sum(s["todo"] for s in stats)
-        return {"todo_refs": [r[0] for r in reduced], "todo": todo, "work": sum(s["work"] for s in stats),
+        return {"todo_refs": [ref for r in reduced for ref in r[:k]], "todo": todo, "work": sum(s["work"] for s in stats),
                 "done": sum(s["work"] - s["todo"] for s in stats), "retry": sum(s["retry"] for s in stats),
                 "output": output, "work_columns": columns, "work_summary": work_summary}
 
