@@ -144,8 +144,23 @@ def test_s3_permanent_write_failure_label_is_a_clear_failure_never_complete(ray_
 
 # ------------------------------------------------------------------ interrupted drivers
 
+@pytest.fixture
+def sigint_handled():
+    """Children started by the test handle SIGINT (Ctrl-C) as a terminal's would.
+
+    A shell without job control starts a background command (``make test &``, ``nohup``)
+    with SIGINT ignored, and an ignored signal stays ignored across exec: every child would
+    ignore the test's SIGINT and simply finish. A handled signal is reset to the default.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.timeout(240)
-def test_sigint_to_mgr_extract_then_rerun_finishes_without_redoing(ray_local, songs, tmp_path):
+def test_sigint_to_mgr_extract_then_rerun_finishes_without_redoing(ray_local, songs, tmp_path, sigint_handled):
     cat, _ = songs
     out = str(tmp_path / "features")
     proc = subprocess.Popen([sys.executable, "-m", "mgr.cli", "extract", str(cat), out, "--num-cpus", "2"],
@@ -186,7 +201,7 @@ except KeyboardInterrupt:
 
 
 @pytest.mark.timeout(240)
-def test_sigint_to_label_then_rerun_and_a_second_run_is_refused(ray_local, songs, tmp_path):
+def test_sigint_to_label_then_rerun_and_a_second_run_is_refused(ray_local, songs, tmp_path, sigint_handled):
     cat, model = songs
     out = str(tmp_path / "labels")
     proc = subprocess.Popen([sys.executable, "-c", _LABEL_DRIVER, str(cat), out, model], stdout=subprocess.PIPE,
