@@ -143,11 +143,8 @@ def lost_node(exc: BaseException) -> bool:
 
 
 def _raise_user_error(exc: BaseException):
-    """Re-raise the MgrError a planning task or actor raised, else a JobError.
-
-    Ray hands back a wrapper that is an instance of the error's class too (its text a
-    remote traceback); the error itself is its ``cause``.
-    """
+    """Re-raise the MgrError a planning task or actor raised (:func:`~mgr.errors.user_error`),
+    else a JobError naming the cause."""
     error = user_error(exc)
     if error is not None:
         raise error.with_traceback(None) from None

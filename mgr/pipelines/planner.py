@@ -256,12 +256,12 @@ class Planner:
         work_stats = ray.get([r[n] for r in work_refs])
         # A map stage gives each todo block to one task: a flat folder or one manifest is a
         # single partition, so each is cut into slices, about four blocks per CPU in all.
-        k = max(1, math.ceil(4 * self.cpus / n))
-        reduced = [_reduce.options(num_cpus=PLAN_CPUS, num_returns=k + 2).remote(
-            len(out_refs), k, *[r[i] for r in out_refs], *[r[i] for r in work_refs]) for i in range(n)]
+        slices = max(1, math.ceil(4 * self.cpus / n))
+        reduced = [_reduce.options(num_cpus=PLAN_CPUS, num_returns=slices + 2).remote(
+            len(out_refs), slices, *[r[i] for r in out_refs], *[r[i] for r in work_refs]) for i in range(n)]
         del out_refs, work_refs
-        stats = ray.get([r[k + 1] for r in reduced])
-        self.keys = [r[k] for r in reduced]
+        stats = ray.get([r[slices + 1] for r in reduced])
+        self.keys = [r[slices] for r in reduced]
         output: dict[str, Any] = {"rows": 0, "errors": 0, "model_ids": set(), "columns": None, "genres": None,
                                   "removed": 0}
         self.retry_parts = []
@@ -284,7 +284,8 @@ class Planner:
                                            f"{list(s['columns'])}")
             merge_summary(work_summary, {k: v for k, v in s.items() if k in ("labels", "listed", "matched")})
         todo = sum(s["todo"] for s in stats)
-        return {"todo_refs": [ref for r in reduced for ref in r[:k]], "todo": todo, "work": sum(s["work"] for s in stats),
+        return {"todo_refs": [ref for r in reduced for ref in r[:slices]], "todo": todo,
+                "work": sum(s["work"] for s in stats),
                 "done": sum(s["work"] - s["todo"] for s in stats), "retry": sum(s["retry"] for s in stats),
                 "output": output, "work_columns": columns, "work_summary": work_summary}
 
