@@ -75,8 +75,9 @@ def block_aggregate(table: pa.Table, *, top_n: int = 100) -> dict[str, Any]:
         return agg
     dur = pc.fill_null(ok.column("duration_s"), 0.0)
     agg["seconds"] = float(pc.sum(dur).as_py() or 0.0)
-    by_genre = pa.table({"genre": pc.fill_null(ok.column("genre"), UNKNOWN), "d": dur}).group_by("genre").aggregate(
-        [("d", "sum"), ("d", "count")])
+    # one thread: Acero's thread pool inside a Ray worker once failed ("thread index 10 is out of range")
+    by_genre = pa.table({"genre": pc.fill_null(ok.column("genre"), UNKNOWN), "d": dur})
+    by_genre = by_genre.group_by("genre", use_threads=False).aggregate([("d", "sum"), ("d", "count")])
     for g, s, c in zip(*(by_genre.column(k).to_pylist() for k in ("genre", "d_sum", "d_count"))):
         agg["genres"][g] = {"tracks": int(c), "seconds": float(s or 0.0)}
     agg["unknown"] = agg["genres"].get(UNKNOWN, {}).get("tracks", 0)
